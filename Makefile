@@ -24,13 +24,13 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/buf lint
 	$(BIN)/ruff check server clients tests bench
-	$(BIN)/python -m tools.gen_proto --check
+	$(BIN)/python proto/gen.py --check
 
 check: lint test
 
 ## proto: regenerate the Python contracts in postbacks/ from proto/
 proto: $(STAMP)
-	$(BIN)/python -m tools.gen_proto
+	$(BIN)/python proto/gen.py
 
 migrate: $(STAMP)
 	$(BIN)/python -m server migrate

@@ -1,0 +1,1 @@
+"""Generated code for the postbacks.v1 protobuf package: do not edit, run make proto."""
