@@ -43,3 +43,9 @@ class AttemptStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     RETRIED = "retried"
+
+
+class ConfigHealth(StrEnum):
+    HEALTHY = "healthy"
+    CREDENTIAL_FAILURES = "credential_failures"
+    NO_RECENT_ACTIVITY = "no_recent_activity"

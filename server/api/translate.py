@@ -1,0 +1,289 @@
+"""Translation between protobuf messages and domain values, with validation that names the exact proto field."""
+
+import re
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from postbacks.v1 import conversion_pb2, delivery_log_pb2, event_pb2, network_pb2
+from server.core import hashing
+from server.core.events import (
+    ISO_4217_CODES,
+    MAX_FUTURE_US,
+    EventKind,
+    NewEvent,
+    derive_click,
+    format_micros,
+    parse_decimal_value,
+)
+from server.core.types import AttemptStatus, DeliveryState, EventType, Network, NoPostbackReason
+from server.errors import InvalidArgument, Violations
+from server.services.conversions import ConversionView
+from server.services.ingest import IngestReceipt
+
+MAX_ID_LENGTH = 128
+MAX_USER_AGENT_LENGTH = 512
+MAX_CLICK_ID_LENGTH = 512
+MAX_URL_LENGTH = 2048
+MAX_EMAIL_LENGTH = 254
+MAX_ITEM_IDS = 100
+MAX_BATCH_EVENTS = 1000
+
+_GAME_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+_RESOURCE_ID = r"[a-z0-9][a-z0-9-]{0,62}"
+_EVENT_ID = r"[^/\x00-\x1f]{1,128}"
+
+NETWORK_TO_PROTO = {Network.TIKTOK: network_pb2.NETWORK_TIKTOK, Network.REDDIT: network_pb2.NETWORK_REDDIT}
+NETWORK_FROM_PROTO = {v: k for k, v in NETWORK_TO_PROTO.items()}
+EVENT_TYPE_TO_PROTO = {
+    EventType.GAME_LAUNCH: network_pb2.CONVERSION_EVENT_TYPE_GAME_LAUNCH,
+    EventType.PURCHASE: network_pb2.CONVERSION_EVENT_TYPE_PURCHASE,
+}
+EVENT_TYPE_FROM_PROTO = {v: k for k, v in EVENT_TYPE_TO_PROTO.items()}
+REASON_TO_PROTO = {r: conversion_pb2.NoPostbackReason.Value(f"NO_POSTBACK_REASON_{r.name}") for r in NoPostbackReason}
+STATE_TO_PROTO = {s: conversion_pb2.PostbackState.Value(f"POSTBACK_STATE_{s.name}") for s in DeliveryState}
+ATTEMPT_STATUS_TO_PROTO = {
+    s: delivery_log_pb2.DeliveryAttemptStatus.Value(f"DELIVERY_ATTEMPT_STATUS_{s.name}") for s in AttemptStatus
+}
+ATTEMPT_STATUS_FROM_PROTO = {v: k for k, v in ATTEMPT_STATUS_TO_PROTO.items()}
+
+
+# --- resource names -------------------------------------------------------------------------------------------
+
+def parse_name(name: str, pattern: str, field_path: str, shape: str) -> tuple[str, ...]:
+    """Splits a resource name against a pattern such as 'games/{game}/postbackConfigs/{id}'."""
+    regex = "^" + pattern.replace("{game}", f"({_GAME_ID})").replace("{id}", f"({_RESOURCE_ID})").replace(
+        "{event}", f"({_EVENT_ID})") + "$"
+    match = re.match(regex, name)
+    if not match:
+        raise InvalidArgument.single(field_path, f"must be a resource name of the form {shape}; got {name[:200]!r}")
+    return match.groups()
+
+
+def parse_game(parent: str, field_path: str = "parent") -> str:
+    return parse_name(parent, "games/{game}", field_path, "games/{game}")[0]
+
+
+def config_name(game_id: str, config_id: str) -> str:
+    return f"games/{game_id}/postbackConfigs/{config_id}"
+
+
+def page_size(value: int, field_path: str = "page_size") -> int:
+    """0 means the default; services cap the rest."""
+    if value < 0:
+        raise InvalidArgument.single(field_path, "must not be negative")
+    return value
+
+
+# --- times ------------------------------------------------------------------------------------------------------
+
+def timestamp_to_us(ts: timestamp_pb2.Timestamp) -> int:
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def us_to_timestamp(us: int | None) -> timestamp_pb2.Timestamp | None:
+    if us is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.seconds, micros = divmod(us, 1_000_000)
+    ts.nanos = micros * 1000
+    return ts
+
+
+def duration_to_us(d: duration_pb2.Duration) -> int:
+    return d.seconds * 1_000_000 + d.nanos // 1000
+
+
+def us_to_duration(us: int) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.seconds, micros = divmod(us, 1_000_000)
+    d.nanos = micros * 1000
+    return d
+
+
+# --- events -----------------------------------------------------------------------------------------------------
+
+def _optional_text(value: str, field_path: str, limit: int, violations: Violations) -> str | None:
+    value = value.strip()
+    if len(value) > limit:
+        violations.add(field_path, f"must be at most {limit} characters")
+    return value or None
+
+
+def event_from_proto(msg: event_pb2.Event, path: str, now_us: int, violations: Violations) -> NewEvent | None:
+    """Validates one event, adding every problem to `violations` under `path` (such as `events[3]`)."""
+    before = len(violations.items)
+    event_id = msg.event_id.strip()
+    if not event_id:
+        violations.add(f"{path}.event_id", "is required")
+    elif not re.fullmatch(_EVENT_ID, event_id):
+        violations.add(f"{path}.event_id", f"must be 1 to {MAX_ID_LENGTH} characters, without '/' or control characters")
+    event_time_us = 0
+    if not msg.HasField("event_time"):
+        violations.add(f"{path}.event_time", "is required")
+    else:
+        event_time_us = timestamp_to_us(msg.event_time)
+        if event_time_us <= 0:
+            violations.add(f"{path}.event_time", "must be after 1970-01-01")
+        elif event_time_us > now_us + MAX_FUTURE_US:
+            violations.add(f"{path}.event_time", "must not be more than 5 minutes in the future")
+    user_id = _optional_text(msg.user_id, f"{path}.user_id", MAX_ID_LENGTH, violations)
+    anonymous_id = _optional_text(msg.anonymous_id, f"{path}.anonymous_id", MAX_ID_LENGTH, violations)
+    if not user_id and not anonymous_id:
+        violations.add(f"{path}.user_id", "an event needs user_id, anonymous_id, or both")
+    email_sha256 = email_sha256_reddit = None
+    if msg.email:
+        if len(msg.email) > MAX_EMAIL_LENGTH or not hashing.looks_like_email(msg.email):
+            violations.add(f"{path}.email", "must be an email address such as player@example.com")
+        else:
+            email_sha256 = hashing.hash_email_tiktok(msg.email)
+            email_sha256_reddit = hashing.hash_email_reddit(msg.email)
+    ip_address = None
+    if msg.ip_address:
+        ip_address = hashing.canonical_ip(msg.ip_address.strip())
+        if ip_address is None:
+            violations.add(f"{path}.ip_address", "must be an IPv4 or IPv6 address")
+    user_agent = _optional_text(msg.user_agent, f"{path}.user_agent", MAX_USER_AGENT_LENGTH, violations)
+
+    kind_name = msg.WhichOneof("kind")
+    fields: dict[str, object] = {}
+    if kind_name is None:
+        violations.add(f"{path}.kind", "exactly one of ad_click, identify, game_launch, purchase is required")
+    elif kind_name == "ad_click":
+        fields = _ad_click(msg.ad_click, f"{path}.ad_click", violations)
+    elif kind_name == "identify" and not user_id:
+        violations.add(f"{path}.user_id", "is required for an identify event")
+    elif kind_name == "purchase":
+        fields = _purchase(msg.purchase, f"{path}.purchase", violations)
+    if len(violations.items) > before or kind_name is None:
+        return None
+    return NewEvent(
+        event_id=event_id,
+        kind=EventKind(kind_name),
+        event_time_us=event_time_us,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        email_sha256=email_sha256,
+        email_sha256_reddit=email_sha256_reddit,
+        ip_address=ip_address,
+        user_agent=user_agent,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def _ad_click(msg: event_pb2.AdClick, path: str, violations: Violations) -> dict[str, object]:
+    network = None
+    if msg.network != network_pb2.NETWORK_UNSPECIFIED:
+        network = NETWORK_FROM_PROTO.get(msg.network)
+        if network is None:
+            violations.add(f"{path}.network", "must be NETWORK_TIKTOK or NETWORK_REDDIT")
+    click_id = _optional_text(msg.click_id, f"{path}.click_id", MAX_CLICK_ID_LENGTH, violations)
+    landing_url = _optional_text(msg.landing_url, f"{path}.landing_url", MAX_URL_LENGTH, violations)
+    if click_id and not network and not landing_url:
+        violations.add(f"{path}.network", "is required when click_id is given without a landing_url to derive it from")
+    network, click_id = derive_click(network, click_id, landing_url)
+    return {"network": network, "click_id": click_id, "landing_url": landing_url}
+
+
+def _purchase(msg: event_pb2.Purchase, path: str, violations: Violations) -> dict[str, object]:
+    value_micros = None
+    amount = msg.WhichOneof("amount")
+    if amount == "value":
+        try:
+            value_micros = parse_decimal_value(msg.value)
+        except ValueError as e:
+            violations.add(f"{path}.value", str(e))
+    elif amount == "value_micros":
+        if msg.value_micros < 0:
+            violations.add(f"{path}.value_micros", "must not be negative")
+        else:
+            value_micros = msg.value_micros
+    currency = msg.currency.strip().upper() or None
+    if currency and currency not in ISO_4217_CODES:
+        violations.add(f"{path}.currency", f"must be an ISO 4217 currency code such as USD; got {msg.currency[:16]!r}")
+    if amount and not currency:
+        violations.add(f"{path}.currency", "is required when a value is given")
+    if currency and not amount:
+        violations.add(f"{path}.value", "is required when a currency is given")
+    order_id = _optional_text(msg.order_id, f"{path}.order_id", MAX_ID_LENGTH, violations)
+    if len(msg.item_ids) > MAX_ITEM_IDS:
+        violations.add(f"{path}.item_ids", f"must hold at most {MAX_ITEM_IDS} ids")
+    for i, item in enumerate(msg.item_ids[:MAX_ITEM_IDS]):
+        if not item.strip() or len(item) > MAX_ID_LENGTH:
+            violations.add(f"{path}.item_ids[{i}]", f"must be 1 to {MAX_ID_LENGTH} characters")
+    return {"value_micros": value_micros, "currency": currency, "order_id": order_id,
+            "item_ids": tuple(i.strip() for i in msg.item_ids)}
+
+
+def events_from_proto(msgs, path: str, now_us: int) -> list[NewEvent]:  # type: ignore[no-untyped-def]
+    violations = Violations()
+    if not msgs:
+        violations.add(path, "at least one event is required")
+    if len(msgs) > MAX_BATCH_EVENTS:
+        violations.add(path, f"at most {MAX_BATCH_EVENTS} events per call; got {len(msgs)}")
+        violations.raise_if_any()
+    events = [event_from_proto(m, f"{path}[{i}]", now_us, violations) for i, m in enumerate(msgs)]
+    violations.raise_if_any()
+    return events  # type: ignore[return-value]
+
+
+def single_event_from_proto(msg: event_pb2.Event, has_event: bool, now_us: int) -> NewEvent:
+    violations = Violations()
+    if not has_event:
+        violations.add("event", "is required")
+        violations.raise_if_any()
+    event = event_from_proto(msg, "event", now_us, violations)
+    violations.raise_if_any()
+    return event  # type: ignore[return-value]
+
+
+# --- conversions ------------------------------------------------------------------------------------------------
+
+def format_value(value_micros: int | None) -> str:
+    return "" if value_micros is None else format_micros(value_micros)
+
+
+def conversion_to_proto(view: ConversionView) -> conversion_pb2.Conversion:
+    msg = conversion_pb2.Conversion(
+        name=f"games/{view.game_id}/conversions/{view.event_id}",
+        event_id=view.event_id,
+        event_type=EVENT_TYPE_TO_PROTO[view.event_type],
+        event_time=us_to_timestamp(view.event_time_us),
+        receive_time=us_to_timestamp(view.receive_time_us),
+        user_id=view.user_id or "",
+        anonymous_id=view.anonymous_id or "",
+        value=format_value(view.value_micros),
+        currency=view.currency or "",
+        decision=(conversion_pb2.CONVERSION_DECISION_POSTBACK_OWED if view.postback_owed
+                  else conversion_pb2.CONVERSION_DECISION_NO_POSTBACK),
+        no_postback_reason=REASON_TO_PROTO[view.no_postback_reason] if view.no_postback_reason else 0,
+        decide_time=us_to_timestamp(view.decide_time_us),
+    )
+    if view.click:
+        msg.attributed_click.CopyFrom(conversion_pb2.AttributedClick(
+            event=f"games/{view.game_id}/events/{view.click.event_id}",
+            network=NETWORK_TO_PROTO[view.click.network],
+            click_id=view.click.click_id or "",
+            click_time=us_to_timestamp(view.click.click_time_us),
+        ))
+    for p in view.postbacks:
+        msg.postbacks.append(conversion_pb2.Postback(
+            postback_config=config_name(view.game_id, p.config_id),
+            network=NETWORK_TO_PROTO[p.network],
+            state=STATE_TO_PROTO[p.state],
+            attempt_count=p.attempt_count,
+            last_attempt_time=us_to_timestamp(p.last_attempt_time_us),
+            next_attempt_time=us_to_timestamp(p.next_attempt_time_us),
+            last_error=p.last_error or "",
+        ))
+    return msg
+
+
+def receipt_to_proto(receipt: IngestReceipt) -> event_pb2.IngestResult:
+    msg = event_pb2.IngestResult(
+        name=f"games/{receipt.game_id}/events/{receipt.event_id}",
+        duplicate=receipt.duplicate,
+        payload_mismatch=receipt.payload_mismatch,
+    )
+    if receipt.conversion:
+        msg.conversion.CopyFrom(conversion_to_proto(receipt.conversion))
+    return msg

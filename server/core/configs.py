@@ -1,0 +1,42 @@
+"""Rules for postback configs: credential format checks, and health derived from delivery outcomes."""
+
+import re
+
+from server.core.types import ConfigHealth, Network
+
+MAX_TOKEN_LENGTH = 2048
+_REDDIT_PIXEL = re.compile(r"a2_[A-Za-z0-9]+")
+_TIKTOK_PIXEL = re.compile(r"[A-Za-z0-9]{1,64}")
+
+
+def access_token_problem(token: str) -> str | None:
+    """Why a (trimmed) token is obviously not a token, or None. The network decides the rest."""
+    if not token:
+        return "is required"
+    if len(token) > MAX_TOKEN_LENGTH:
+        return f"must be at most {MAX_TOKEN_LENGTH} characters"
+    if any(c.isspace() or not c.isprintable() for c in token):
+        return "must not contain spaces or control characters (copy the token again)"
+    return None
+
+
+def pixel_id_problem(network: Network, pixel_id: str) -> str | None:
+    if not pixel_id:
+        return "is required"
+    if network == Network.REDDIT and not _REDDIT_PIXEL.fullmatch(pixel_id):
+        return "must be a Reddit pixel ID: a2_ followed by letters and digits"
+    if network == Network.TIKTOK and not _TIKTOK_PIXEL.fullmatch(pixel_id):
+        return "must be a TikTok pixel code: up to 64 letters and digits"
+    return None
+
+
+def health(last_success_us: int | None, last_credential_failure_us: int | None,
+           credentials_update_us: int) -> ConfigHealth:
+    """Credential failures show until a delivery succeeds after them or the credentials are replaced after them."""
+    if last_credential_failure_us is not None and last_credential_failure_us > max(
+        last_success_us or 0, credentials_update_us
+    ):
+        return ConfigHealth.CREDENTIAL_FAILURES
+    if last_success_us is None:
+        return ConfigHealth.NO_RECENT_ACTIVITY
+    return ConfigHealth.HEALTHY

@@ -1,0 +1,183 @@
+"""Database tables as typed SQLAlchemy models. Times are Unix microseconds in BIGINT columns: exact, fast, portable."""
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (its rowid); PostgreSQL wants BIGINT for growth.
+Id = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Game(Base):
+    """Per-game settings; a game without a row uses the defaults."""
+
+    __tablename__ = "games"
+
+    game_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    attribution_lookback_us: Mapped[int] = mapped_column(BigInteger)
+    update_time_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class Event(Base):
+    """Every accepted event, once per (game, event id). Conversions (launches, purchases) carry their decision."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("game_id", "event_id", name="uq_events_game_event_id"),
+        Index("ix_events_game_user", "game_id", "user_id"),
+        Index("ix_events_game_anonymous", "game_id", "anonymous_id"),
+        Index("ix_events_game_email", "game_id", "email_sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    game_id: Mapped[str] = mapped_column(String(63))
+    event_id: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))  # ad_click | identify | game_launch | purchase
+    event_time_us: Mapped[int] = mapped_column(BigInteger)
+    receive_time_us: Mapped[int] = mapped_column(BigInteger)
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str | None] = mapped_column(String(128))
+    anonymous_id: Mapped[str | None] = mapped_column(String(128))
+    # Emails arrive in clear and are stored only as the two networks' different normalised hashes.
+    email_sha256: Mapped[str | None] = mapped_column(String(64))
+    email_sha256_reddit: Mapped[str | None] = mapped_column(String(64))
+    ip_address: Mapped[str | None] = mapped_column(String(45))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    # Ad clicks: a paid click has a network.
+    network: Mapped[str | None] = mapped_column(String(16))
+    click_id: Mapped[str | None] = mapped_column(String(512))
+    landing_url: Mapped[str | None] = mapped_column(Text)
+    # Purchases.
+    value_micros: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    order_id: Mapped[str | None] = mapped_column(String(128))
+    item_ids: Mapped[str | None] = mapped_column(Text)  # JSON array
+    # Conversions: the attribution decision.
+    decision: Mapped[str | None] = mapped_column(String(16))  # postback_owed | no_postback
+    no_postback_reason: Mapped[str | None] = mapped_column(String(32))
+    attributed_click_event_id: Mapped[str | None] = mapped_column(String(128))
+    decide_time_us: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class IdentityLink(Base):
+    """An identify event's link from an anonymous id and/or an email hash to a user id."""
+
+    __tablename__ = "identity_links"
+    __table_args__ = (
+        Index("ix_identity_links_user", "game_id", "user_id"),
+        Index("ix_identity_links_anonymous", "game_id", "anonymous_id"),
+        Index("ix_identity_links_email", "game_id", "email_sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    game_id: Mapped[str] = mapped_column(String(63))
+    user_id: Mapped[str] = mapped_column(String(128))
+    anonymous_id: Mapped[str | None] = mapped_column(String(128))
+    email_sha256: Mapped[str | None] = mapped_column(String(64))
+    email_sha256_reddit: Mapped[str | None] = mapped_column(String(64))
+    link_time_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class PostbackConfig(Base):
+    """Where one game's conversions are posted back: a network pixel with encrypted credentials."""
+
+    __tablename__ = "postback_configs"
+    __table_args__ = (UniqueConstraint("game_id", "config_id", name="uq_postback_configs_game_config"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    game_id: Mapped[str] = mapped_column(String(63))
+    config_id: Mapped[str] = mapped_column(String(63))
+    display_name: Mapped[str] = mapped_column(String(200))
+    network: Mapped[str] = mapped_column(String(16))
+    pixel_id: Mapped[str] = mapped_column(String(128))
+    access_token_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    access_token_hint: Mapped[str] = mapped_column(String(16))
+    trigger_events: Mapped[str] = mapped_column(String(64))  # comma-separated EventType values
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+    update_time_us: Mapped[int] = mapped_column(BigInteger)
+    credentials_update_time_us: Mapped[int] = mapped_column(BigInteger)
+    # Health is derived from these two, kept up to date by the dispatcher.
+    last_success_time_us: Mapped[int | None] = mapped_column(BigInteger)
+    last_credential_failure_time_us: Mapped[int | None] = mapped_column(BigInteger)
+    delete_time_us: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Delivery(Base):
+    """The outbox: one postback owed by one conversion to one config, and where its delivery stands."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_row_id", "config_row_id", name="uq_deliveries_event_config"),
+        Index("ix_deliveries_due", "state", "next_attempt_time_us"),
+        Index("ix_deliveries_config", "config_row_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    game_id: Mapped[str] = mapped_column(String(63))
+    event_row_id: Mapped[int] = mapped_column(Id, ForeignKey("events.id", ondelete="CASCADE"))
+    config_row_id: Mapped[int] = mapped_column(Id, ForeignKey("postback_configs.id"))
+    state: Mapped[str] = mapped_column(String(16))  # DeliveryState
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_time_us: Mapped[int] = mapped_column(BigInteger)
+    first_attempt_time_us: Mapped[int | None] = mapped_column(BigInteger)
+    last_attempt_time_us: Mapped[int | None] = mapped_column(BigInteger)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expire_time_us: Mapped[int | None] = mapped_column(BigInteger)
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class DeliveryLog(Base):
+    """One immutable row per HTTP attempt per conversion. No personal data: ids and the network's answer only."""
+
+    __tablename__ = "delivery_logs"
+    __table_args__ = (
+        Index("ix_delivery_logs_game", "game_id", "id"),
+        Index("ix_delivery_logs_config", "config_row_id", "id"),
+        Index("ix_delivery_logs_time", "attempt_time_us"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    game_id: Mapped[str] = mapped_column(String(63))
+    config_row_id: Mapped[int] = mapped_column(Id)
+    config_id: Mapped[str] = mapped_column(String(63))
+    config_display_name: Mapped[str] = mapped_column(String(200))
+    network: Mapped[str] = mapped_column(String(16))
+    attempt_time_us: Mapped[int] = mapped_column(BigInteger)
+    event_type: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # AttemptStatus
+    http_status: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    attempt_number: Mapped[int] = mapped_column(Integer)
+    network_code: Mapped[str | None] = mapped_column(String(32))
+    network_message: Mapped[str | None] = mapped_column(Text)
+    network_request_id: Mapped[str | None] = mapped_column(String(128))
+    conversion_event_id: Mapped[str] = mapped_column(String(128))
+    next_attempt_time_us: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Erasure(Base):
+    """A tombstone for an erased player: later events matching it are accepted but never produce postbacks.
+    Holds only hashes of the erased identifiers."""
+
+    __tablename__ = "erasures"
+    __table_args__ = (UniqueConstraint("game_id", "subject_sha256", name="uq_erasures_game_subject"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    game_id: Mapped[str] = mapped_column(String(63))
+    subject_sha256: Mapped[str] = mapped_column(String(64))
+    erase_time_us: Mapped[int] = mapped_column(BigInteger)

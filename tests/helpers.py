@@ -1,0 +1,102 @@
+"""Builders for requests and stubs used across the service tests."""
+
+import time
+
+from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from postbacks.v1 import (
+    event_pb2,
+    event_service_pb2,
+    event_service_pb2_grpc,
+    network_pb2,
+    postback_config_pb2,
+    postback_config_service_pb2,
+    postback_config_service_pb2_grpc,
+)
+
+TIKTOK_TOKEN = "tt-token-0123456789abcdef"
+REDDIT_TOKEN = "rd-token-0123456789abcdef"
+
+
+def ts(seconds_ago: float = 0.0, *, at: float | None = None) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromMicroseconds(int(((at if at is not None else time.time()) - seconds_ago) * 1_000_000))
+    return t
+
+
+def click(event_id: str, *, anonymous_id: str = "", user_id: str = "", network: int = 0, click_id: str = "",
+          landing_url: str = "", seconds_ago: float = 60.0, **identity) -> event_pb2.Event:  # type: ignore[no-untyped-def]
+    return event_pb2.Event(event_id=event_id, event_time=ts(seconds_ago), anonymous_id=anonymous_id, user_id=user_id,
+                           ad_click=event_pb2.AdClick(network=network, click_id=click_id, landing_url=landing_url),
+                           **identity)
+
+
+def identify(event_id: str, *, user_id: str, anonymous_id: str = "", email: str = "", seconds_ago: float = 30.0):  # type: ignore[no-untyped-def]
+    return event_pb2.Event(event_id=event_id, event_time=ts(seconds_ago), user_id=user_id, anonymous_id=anonymous_id,
+                           email=email, identify=event_pb2.Identify())
+
+
+def launch(event_id: str, *, user_id: str = "", anonymous_id: str = "", seconds_ago: float = 10.0, **identity):  # type: ignore[no-untyped-def]
+    return event_pb2.Event(event_id=event_id, event_time=ts(seconds_ago), user_id=user_id, anonymous_id=anonymous_id,
+                           game_launch=event_pb2.GameLaunch(), **identity)
+
+
+def purchase(event_id: str, *, user_id: str = "", anonymous_id: str = "", value: str = "", currency: str = "",
+             seconds_ago: float = 5.0, **identity):  # type: ignore[no-untyped-def]
+    p = event_pb2.Purchase(currency=currency)
+    if value:
+        p.value = value
+    return event_pb2.Event(event_id=event_id, event_time=ts(seconds_ago), user_id=user_id, anonymous_id=anonymous_id,
+                           purchase=p, **identity)
+
+
+async def ingest(channel, game: str, event):  # type: ignore[no-untyped-def]
+    stub = event_service_pb2_grpc.EventServiceStub(channel)
+    response = await stub.IngestEvent(event_service_pb2.IngestEventRequest(parent=f"games/{game}", event=event))
+    return response.result
+
+
+async def create_config(channel, game: str, *, network: int = network_pb2.NETWORK_TIKTOK, config_id: str = "",  # type: ignore[no-untyped-def]
+                        token: str = "", pixel_id: str = "", triggers=None, enabled: bool | None = None):
+    stub = postback_config_service_pb2_grpc.PostbackConfigServiceStub(channel)
+    if network == network_pb2.NETWORK_TIKTOK:
+        token, pixel_id = token or TIKTOK_TOKEN, pixel_id or "CTPIXEL123"
+    else:
+        token, pixel_id = token or REDDIT_TOKEN, pixel_id or "a2_pixel42"
+    config = postback_config_pb2.PostbackConfig(
+        display_name=f"{game} {network}",
+        network=network,
+        credentials=postback_config_pb2.PostbackCredentials(access_token=token, pixel_id=pixel_id),
+        trigger_events=triggers or [network_pb2.CONVERSION_EVENT_TYPE_GAME_LAUNCH,
+                                    network_pb2.CONVERSION_EVENT_TYPE_PURCHASE],
+    )
+    if enabled is not None:
+        config.enabled = enabled
+    response = await stub.CreatePostbackConfig(postback_config_service_pb2.CreatePostbackConfigRequest(
+        parent=f"games/{game}", postback_config=config, postback_config_id=config_id))
+    return response.postback_config
+
+
+def field_violations(error) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The BadRequest field violations of a gRPC error, as {field: description}."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "the error carries no google.rpc.Status"
+    violations: dict[str, str] = {}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            violations.update({v.field: v.description for v in bad_request.field_violations})
+    return violations
+
+
+def error_reason(error) -> str:  # type: ignore[no-untyped-def]
+    status = rpc_status.from_call(error)
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
