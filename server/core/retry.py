@@ -54,6 +54,19 @@ def give_up_reason(network: Network) -> str:
     return GIVE_UP_REASONS[network]
 
 
+# The networks' own limits (not our margins inside them): past these, sending is refused (Reddit) or a repeat is
+# no longer merged (TikTok), so an attempt must not be made at all.
+TIKTOK_DEDUP_WINDOW_S = 48 * 3600.0
+REDDIT_MAX_EVENT_AGE_S = 7 * 24 * 3600.0
+
+
+def past_network_window(network: Network, now_us: int, first_attempt_us: int | None, event_time_us: int) -> bool:
+    """Whether an attempt now would fall outside what the network accepts (e.g. after a long outage)."""
+    if network is Network.TIKTOK:
+        return first_attempt_us is not None and now_us > first_attempt_us + round(TIKTOK_DEDUP_WINDOW_S * US_PER_S)
+    return now_us > event_time_us + round(REDDIT_MAX_EVENT_AGE_S * US_PER_S)
+
+
 def backoff_delay_s(policy: RetryPolicy, attempt_number: int, rand: float) -> float:
     """Delay after failed attempt number attempt_number (1-based), before Retry-After is considered."""
     try:

@@ -10,6 +10,7 @@ from server.core.retry import (
     give_up_reason,
     horizon_us,
     next_attempt_time_us,
+    past_network_window,
 )
 from server.core.types import Network
 
@@ -177,3 +178,18 @@ def test_bad_arguments_are_refused(kwargs: dict[str, float]) -> None:
 def test_bad_policies_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RetryPolicy(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("network", "now", "first", "event", "past"),
+    [
+        (Network.TIKTOK, T0 + 48 * HOUR, T0, T0 - 9 * DAY, False),  # the event's age does not matter to TikTok
+        (Network.TIKTOK, T0 + 48 * HOUR + 1, T0, T0, True),  # a repeat would no longer be merged
+        (Network.TIKTOK, T0 + 30 * DAY, None, T0, False),  # never attempted: nothing to duplicate yet
+        (Network.REDDIT, T0 + 7 * DAY, None, T0, False),
+        (Network.REDDIT, T0 + 7 * DAY + 1, None, T0, True),  # Reddit refuses events older than 7 days
+        (Network.REDDIT, T0 + 7 * DAY + 1, T0 + 7 * DAY, T0, True),
+    ],
+)
+def test_past_network_window(network: Network, now: int, first: int | None, event: int, past: bool) -> None:
+    assert past_network_window(network, now, first, event) is past

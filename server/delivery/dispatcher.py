@@ -1,0 +1,155 @@
+"""The dispatcher: claims due postbacks, sends them per config in batches, records every attempt; woken on ingest."""
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+import socket
+import time
+
+from server.core.postback import Outcome
+from server.core.types import Network
+from server.delivery.network_client import NetworkClient, Sent
+from server.services import deliveries
+from server.services.context import ServiceContext
+from server.services.deliveries import Attempt, Batch, ClaimedDelivery, Target
+
+log = logging.getLogger("postbacks.dispatch")
+
+
+def new_owner_id() -> str:
+    """Names this process in leases, unique even across restarts of one host and pid."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class TokenBucket:
+    """At most `rate` requests per second on average, with bursts of up to one second's worth."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._capacity = max(1.0, rate)
+        self._tokens = self._capacity
+        self._updated = time.monotonic()
+
+    async def take(self) -> None:
+        if self._rate <= 0:
+            return
+        while True:
+            now = time.monotonic()
+            self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+            self._updated = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return
+            await asyncio.sleep((1 - self._tokens) / self._rate)
+
+
+class Dispatcher:
+    """One loop claims work; each claimed batch (one config) is sent by its own task, at most dispatch_concurrency
+    at once and one per config, so a config whose network is slow or down holds one slot and delays no other."""
+
+    def __init__(self, ctx: ServiceContext, network_client: NetworkClient, owner_id: str) -> None:
+        self._ctx = ctx
+        self._client = network_client
+        self.owner_id = owner_id
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._in_flight: dict[int, asyncio.Task[None]] = {}  # config row id -> its batch being sent
+        self._buckets: dict[int, TokenBucket] = {}
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="dispatcher")
+
+    def wake(self) -> None:
+        """Called in-process once new postbacks are committed, so they go out without waiting for the poll."""
+        self._wake.set()
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Stops claiming, lets batches in flight finish within the grace, then abandons the rest: their leases
+        expire and whichever dispatcher runs next sends them again (the networks merge repeats by dedup id)."""
+        # The flag ends the loop even if the cancellation is lost: on Python 3.11 it can be, when it lands just
+        # as the wake event fires.
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+        tasks = list(self._in_flight.values())
+        if tasks and grace_s > 0:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self) -> None:
+        settings = self._ctx.settings
+        while not self._stopping:
+            self._wake.clear()
+            timeout_s = settings.dispatch_poll_s
+            free = settings.dispatch_concurrency - len(self._in_flight)
+            if free > 0:
+                try:
+                    claim = await deliveries.claim_due(self._ctx, self.owner_id, max_batches=free,
+                                                       batch_size=settings.dispatch_batch_size,
+                                                       skip_config_row_ids=list(self._in_flight))
+                except Exception:
+                    log.exception("claiming due postbacks failed; trying again in %.1fs", timeout_s)
+                else:
+                    for batch in claim.batches:
+                        self._in_flight[batch.target.row_id] = asyncio.create_task(
+                            self._deliver(batch), name=f"deliver {batch.target.name}")
+                    if claim.batches:
+                        timeout_s = 0  # there may be more due work than one claim takes
+                    elif claim.next_due_us is not None:
+                        timeout_s = min(timeout_s, max(0.0, (claim.next_due_us - self._ctx.clock()) / 1e6))
+            if timeout_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout_s):
+                        await self._wake.wait()
+
+    async def _deliver(self, batch: Batch) -> None:
+        target = batch.target
+        try:
+            attempts = await self._send(batch)
+            await deliveries.record_attempts(self._ctx, self.owner_id, target, attempts)
+            last = attempts[-1].classification
+            level = logging.DEBUG if last.outcome is Outcome.SUCCESS else logging.INFO
+            log.log(level, "%s: %d postbacks sent, last outcome %s (%s)", target.name, len(batch.deliveries),
+                    last.outcome.value, deliveries.describe(last))
+        except Exception:
+            log.exception("sending %d postbacks of %s failed; they are sent again once their lease expires",
+                          len(batch.deliveries), target.name)
+        finally:
+            self._in_flight.pop(target.row_id, None)
+            self._wake.set()  # a slot is free, and this config may have more due work
+
+    async def _send(self, batch: Batch) -> list[Attempt]:
+        target = batch.target
+        bucket = self._buckets.setdefault(target.row_id, TokenBucket(self._ctx.settings.rate_limit_per_config))
+        attempt_time_us, sent = await self._request(target, bucket, batch.deliveries)
+        attempts = [Attempt(d, attempt_time_us, sent.classification, sent.latency_ms) for d in batch.deliveries]
+        # Reddit refuses a whole batch for one invalid event: resend each alone so the others still get through.
+        if not (target.network is Network.REDDIT and len(attempts) > 1 and sent.classification.http_status == 400):
+            return attempts
+        settings = self._ctx.settings
+        rate = settings.rate_limit_per_config
+        expected_s = (len(attempts) / rate if rate > 0 else 0) + settings.http_total_timeout_s
+        await deliveries.extend_leases(self._ctx, self.owner_id, [d.delivery_id for d in batch.deliveries],
+                                       expected_s + settings.dispatch_lease_s)
+        singles = await asyncio.gather(*(self._request(target, bucket, (d,)) for d in batch.deliveries))
+        return [dataclasses.replace(a, resent_singly=True) for a in attempts] + [
+            Attempt(d, time_us, single.classification, single.latency_ms)
+            for d, (time_us, single) in zip(batch.deliveries, singles, strict=True)
+        ]
+
+    async def _request(self, target: Target, bucket: TokenBucket,
+                       claimed: tuple[ClaimedDelivery, ...]) -> tuple[int, Sent]:
+        await bucket.take()
+        attempt_time_us = self._ctx.clock()
+        sent = await self._client.send(target.network, target.credentials, [d.event for d in claimed])
+        self._ctx.metrics.observe_request_latency(target.network.value, sent.latency_ms)
+        return attempt_time_us, sent

@@ -1,0 +1,345 @@
+"""Delivery use cases for the dispatcher: claim due postbacks under a lease, then record each attempt and its outcome."""
+
+import logging
+import random
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from sqlalchemy import ColumnElement, and_, func, insert, not_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.core import reddit
+from server.core.events import EventKind
+from server.core.postback import Classification, NetworkCredentials, Outcome, PostbackEvent
+from server.core.retry import RetryPolicy, decide_retry, give_up_reason, past_network_window
+from server.core.types import AttemptStatus, DeliveryState, Network
+from server.services.configs import sealing_context
+from server.services.context import ServiceContext
+from server.settings import Settings
+from server.store.models import Delivery, DeliveryLog, Event, PostbackConfig
+
+US_PER_S = 1_000_000
+CONFIG_DELETED = "postback config deleted before the postback was sent"
+CONFIG_DISABLED = "postback config disabled before the postback was sent"
+NO_MATCH_KEY = "Reddit needs a click id or a hashed email, and this conversion has neither"
+MAX_BATCH_SIZE = 1000
+
+log = logging.getLogger("postbacks.dispatch")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A config as the dispatcher sends to it; the token is decrypted only for the send."""
+
+    row_id: int
+    game_id: str
+    config_id: str
+    display_name: str
+    network: Network
+    credentials: NetworkCredentials
+
+    @property
+    def name(self) -> str:
+        return f"games/{self.game_id}/postbackConfigs/{self.config_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    delivery_id: int
+    event: PostbackEvent
+    attempt_number: int  # the number the next attempt carries
+    first_attempt_time_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Deliveries of one config, leased to one dispatcher, sendable in one request."""
+
+    target: Target
+    deliveries: tuple[ClaimedDelivery, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    batches: list[Batch]
+    # The earliest future attempt among configs not in flight here, so the dispatcher can sleep until then.
+    next_due_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One HTTP request's result for one delivery."""
+
+    delivery: ClaimedDelivery
+    attempt_time_us: int
+    classification: Classification
+    latency_ms: int
+    # Reddit refused the whole batch; the event is resent on its own right away (the next attempt in the list).
+    resent_singly: bool = False
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        base_delay_s=settings.retry_base_delay_s,
+        max_delay_s=settings.retry_max_delay_s,
+        tiktok_window_s=settings.retry_tiktok_horizon_s,
+        reddit_max_event_age_s=7 * 24 * 3600.0 - settings.retry_reddit_margin_s,
+    )
+
+
+def _due(now_us: int) -> ColumnElement[bool]:
+    """Pending, due, and not leased (or leased by a dispatcher that has not come back in time)."""
+    return and_(
+        Delivery.state == DeliveryState.PENDING.value,
+        Delivery.next_attempt_time_us <= now_us,
+        or_(Delivery.lease_expire_time_us.is_(None), Delivery.lease_expire_time_us <= now_us),
+    )
+
+
+def _clear_lease() -> dict[str, None]:
+    return {"lease_owner": None, "lease_expire_time_us": None}
+
+
+async def claim_due(ctx: ServiceContext, owner_id: str, *, max_batches: int, batch_size: int,
+                    skip_config_row_ids: Collection[int] = ()) -> Claim:
+    """Leases up to max_batches batches (one per config, oldest due first) of up to batch_size deliveries each.
+
+    On PostgreSQL the rows are picked with FOR UPDATE SKIP LOCKED, so replicas claiming at once take disjoint
+    rows; on SQLite the process is alone and BEGIN IMMEDIATE serialises claims. Deliveries of configs disabled
+    or deleted meanwhile are cancelled here instead of being sent.
+    """
+    now_us = ctx.clock()
+    lease_until_us = now_us + round(ctx.settings.dispatch_lease_s * US_PER_S)
+    batch_size = max(1, min(batch_size, MAX_BATCH_SIZE))
+    async with ctx.db.transaction() as session:
+        for reason, inactive in ((CONFIG_DELETED, PostbackConfig.delete_time_us.is_not(None)),
+                                 (CONFIG_DISABLED, not_(PostbackConfig.enabled))):
+            inactive_due = select(Delivery.id).where(
+                _due(now_us), Delivery.config_row_id.in_(select(PostbackConfig.id).where(inactive)))
+            await session.execute(
+                update(Delivery).where(Delivery.id.in_(_lockable(ctx, inactive_due)))
+                .values(state=DeliveryState.CANCELLED.value, last_error=reason, **_clear_lease())
+                .execution_options(synchronize_session=False)
+            )
+        busy = list(skip_config_row_ids)
+        config_row_ids = (await session.execute(
+            select(Delivery.config_row_id)
+            .where(_due(now_us), Delivery.config_row_id.not_in(busy))
+            .group_by(Delivery.config_row_id)
+            .order_by(func.min(Delivery.next_attempt_time_us))
+            .limit(max_batches)
+        )).scalars().all() if max_batches > 0 else []
+        batches = []
+        for config_row_id in config_row_ids:
+            batch = await _lease_batch(ctx, session, owner_id, config_row_id, now_us, lease_until_us, batch_size)
+            if batch is not None:
+                batches.append(batch)
+        next_due_us = await session.scalar(
+            select(func.min(Delivery.next_attempt_time_us)).where(
+                Delivery.state == DeliveryState.PENDING.value, Delivery.next_attempt_time_us > now_us,
+                Delivery.config_row_id.not_in(busy))
+        )
+    return Claim(batches, next_due_us)
+
+
+def _lockable(ctx: ServiceContext, query):  # type: ignore[no-untyped-def]
+    """Rows another replica is claiming right now are skipped, not waited for (PostgreSQL)."""
+    return query if ctx.db.is_sqlite else query.with_for_update(skip_locked=True)
+
+
+async def _lease_batch(ctx: ServiceContext, session: AsyncSession, owner_id: str, config_row_id: int, now_us: int,
+                       lease_until_us: int, batch_size: int) -> Batch | None:
+    candidates = _lockable(ctx, select(Delivery.id).where(Delivery.config_row_id == config_row_id, _due(now_us))
+                           .order_by(Delivery.next_attempt_time_us, Delivery.id).limit(batch_size))
+    leased = (await session.execute(
+        update(Delivery).where(Delivery.id.in_(candidates))
+        .values(lease_owner=owner_id, lease_expire_time_us=lease_until_us)
+        .returning(Delivery.id, Delivery.event_row_id, Delivery.attempt_count, Delivery.first_attempt_time_us)
+        .execution_options(synchronize_session=False)
+    )).all()
+    if not leased:
+        return None
+    config = await session.get_one(PostbackConfig, config_row_id)
+    try:
+        token = ctx.secrets.open(config.access_token_sealed, context=sealing_context(config.game_id, config.config_id))
+    except (ValueError, InvalidTag):
+        # A key missing from --secret-keys: keep the lease so this is retried (and logged) once per lease period.
+        log.error("cannot decrypt the credentials of games/%s/postbackConfigs/%s: is its secret key configured? "
+                  "%d postbacks wait", config.game_id, config.config_id, len(leased))
+        return None
+    network = Network(config.network)
+    target = Target(config.id, config.game_id, config.config_id, config.display_name, network,
+                    NetworkCredentials(access_token=token, pixel_id=config.pixel_id))
+    conversions = {e.id: e for e in (await session.execute(
+        select(Event).where(Event.id.in_([event_row_id for _, event_row_id, _, _ in leased]))
+    )).scalars()}
+    click_event_ids = {c.attributed_click_event_id for c in conversions.values() if c.attributed_click_event_id}
+    clicks = {c.event_id: c for c in (await session.execute(
+        select(Event).where(Event.game_id == config.game_id, Event.event_id.in_(click_event_ids),
+                            Event.kind == EventKind.AD_CLICK.value)
+    )).scalars()} if click_event_ids else {}
+    claimed: list[ClaimedDelivery] = []
+    for delivery_id, event_row_id, attempt_count, first_attempt_us in leased:
+        conversion = conversions[event_row_id]
+        event = postback_event(conversion, clicks.get(conversion.attributed_click_event_id or ""))
+        unsendable = _unsendable_reason(network, event, now_us, first_attempt_us)
+        if unsendable:
+            await session.execute(update(Delivery).where(Delivery.id == delivery_id).values(
+                state=DeliveryState.FAILED.value, last_error=unsendable, **_clear_lease()))
+            continue
+        claimed.append(ClaimedDelivery(delivery_id, event, attempt_count + 1, first_attempt_us))
+    return Batch(target, tuple(claimed)) if claimed else None
+
+
+def _unsendable_reason(network: Network, event: PostbackEvent, now_us: int, first_attempt_us: int | None) -> str | None:
+    if past_network_window(network, now_us, first_attempt_us, event.event_time_us):
+        return give_up_reason(network)
+    if network is Network.REDDIT and not reddit.has_match_key(event):
+        return NO_MATCH_KEY
+    return None
+
+
+def postback_event(conversion: Event, click: Event | None) -> PostbackEvent:
+    """The conversion as the adapters see it: its own match keys, falling back to its attributed click's."""
+    return PostbackEvent(
+        dedup_id=conversion.event_id,
+        event_type=EventKind(conversion.kind).conversion_type,  # type: ignore[arg-type]
+        event_time_us=conversion.event_time_us,
+        click_id=click.click_id if click else None,
+        user_id=conversion.user_id,
+        email_sha256_tiktok=conversion.email_sha256,
+        email_sha256_reddit=conversion.email_sha256_reddit,
+        ip_address=conversion.ip_address or (click.ip_address if click else None),
+        user_agent=conversion.user_agent or (click.user_agent if click else None),
+        landing_url=click.landing_url if click else None,
+        value_micros=conversion.value_micros,
+        currency=conversion.currency,
+    )
+
+
+async def extend_leases(ctx: ServiceContext, owner_id: str, delivery_ids: Sequence[int], seconds: float) -> None:
+    """Keeps deliveries reserved while a long send (a split batch) is still running."""
+    until_us = ctx.clock() + round(seconds * US_PER_S)
+    async with ctx.db.transaction() as session:
+        await session.execute(
+            update(Delivery).where(Delivery.id.in_(delivery_ids), Delivery.lease_owner == owner_id)
+            .values(lease_expire_time_us=until_us).execution_options(synchronize_session=False)
+        )
+
+
+def describe(c: Classification) -> str:
+    """The network's answer in one line, for last_error: 'HTTP 200, code 40105: Access token is incorrect'."""
+    status = f"HTTP {c.http_status}" if c.http_status else "no HTTP reply"
+    code = f", code {c.network_code}" if c.network_code else ""
+    return f"{status}{code}: {c.message}" if c.message else status + code
+
+
+async def record_attempts(ctx: ServiceContext, owner_id: str, target: Target, attempts: Sequence[Attempt]) -> None:
+    """Appends one delivery-log row per attempt, moves each delivery to its next state and updates the config's
+    health, in one transaction. A delivery erased meanwhile is skipped; one whose lease was lost (it expired and
+    another dispatcher took over, or the config was deleted) keeps the state the other party gave it."""
+    policy = retry_policy(ctx.settings)
+    per_delivery: dict[int, list[Attempt]] = {}
+    for attempt in attempts:
+        per_delivery.setdefault(attempt.delivery.delivery_id, []).append(attempt)
+    async with ctx.db.transaction() as session:
+        rows = {row.id: row for row in (await session.execute(
+            _lockable_rows(ctx, select(Delivery).where(Delivery.id.in_(per_delivery)))
+        )).scalars()}
+        log_rows: list[dict[str, object]] = []
+        for delivery_id, its_attempts in per_delivery.items():
+            row = rows.get(delivery_id)
+            if row is None:
+                log.info("postback %d of %s was erased while in flight; its outcome is not recorded",
+                         delivery_id, target.name)
+                continue
+            log_rows += _settle(ctx, policy, owner_id, target, row, its_attempts)
+        if log_rows:
+            await session.execute(insert(DeliveryLog), log_rows)
+        await _update_health(session, target.row_id, attempts)
+    if log_rows:
+        ctx.delivery_logs_written()
+    ctx.metrics.record_attempts(log_rows)
+
+
+def _lockable_rows(ctx: ServiceContext, query):  # type: ignore[no-untyped-def]
+    return query if ctx.db.is_sqlite else query.with_for_update()
+
+
+def _settle(ctx: ServiceContext, policy: RetryPolicy, owner_id: str, target: Target, row: Delivery,
+            attempts: list[Attempt]) -> list[dict[str, object]]:
+    """The delivery's next state after these attempts (the last one decides); returns their log rows."""
+    first = attempts[0]
+    event = first.delivery.event
+    last = attempts[-1]
+    c = last.classification
+    status = c.outcome.attempt_status
+    next_attempt_us: int | None = None
+    give_up: str | None = None
+    final_number = first.delivery.attempt_number + len(attempts) - 1
+    first_attempt_us = row.first_attempt_time_us or first.delivery.first_attempt_time_us or first.attempt_time_us
+    if status is AttemptStatus.RETRIED:
+        decision = decide_retry(policy, target.network, final_number, ctx.clock(), first_attempt_us,
+                                event.event_time_us, c.retry_after_s, random.random())
+        next_attempt_us, give_up = decision.next_attempt_us, decision.give_up_reason
+        if give_up:
+            status = AttemptStatus.FAILED
+    if row.lease_owner == owner_id and row.state == DeliveryState.PENDING.value:
+        row.attempt_count = final_number
+        row.first_attempt_time_us = first_attempt_us
+        row.last_attempt_time_us = last.attempt_time_us
+        row.lease_owner = row.lease_expire_time_us = None
+        if status is AttemptStatus.SUCCESS:
+            row.state, row.last_error = DeliveryState.SUCCEEDED.value, None
+        elif status is AttemptStatus.RETRIED:
+            row.state, row.last_error = DeliveryState.PENDING.value, describe(c)
+            row.next_attempt_time_us = next_attempt_us  # type: ignore[assignment]
+        else:
+            row.state = DeliveryState.FAILED.value
+            row.last_error = f"{give_up} (last reply: {describe(c)})" if give_up else describe(c)
+    else:
+        log.warning("lost the lease on postback %d of %s while sending; logging the attempt, leaving its state",
+                    row.id, target.name)
+    log_rows = []
+    for index, attempt in enumerate(attempts):
+        is_last = index == len(attempts) - 1
+        a = attempt.classification
+        message = a.message
+        if attempt.resent_singly:
+            message = f"the batch was refused, resending each event on its own: {a.message}"
+        elif is_last and give_up:
+            message = f"{give_up}: {a.message}"
+        log_rows.append({
+            "game_id": target.game_id,
+            "config_row_id": target.row_id,
+            "config_id": target.config_id,
+            "config_display_name": target.display_name,
+            "network": target.network.value,
+            "attempt_time_us": attempt.attempt_time_us,
+            "event_type": event.event_type.value,
+            "status": status.value if is_last else AttemptStatus.RETRIED.value,
+            "http_status": a.http_status or 0,
+            "latency_ms": attempt.latency_ms,
+            "attempt_number": first.delivery.attempt_number + index,
+            "network_code": a.network_code,
+            "network_message": message,
+            "network_request_id": a.request_id,
+            "conversion_event_id": event.dedup_id,
+            "next_attempt_time_us": next_attempt_us if is_last else attempts[index + 1].attempt_time_us,
+        })
+    return log_rows
+
+
+async def _update_health(session: AsyncSession, config_row_id: int, attempts: Sequence[Attempt]) -> None:
+    """Health is derived from the newest success and the newest credential failure; only ever moved forward."""
+    for column, outcome in ((PostbackConfig.last_success_time_us, Outcome.SUCCESS),
+                            (PostbackConfig.last_credential_failure_time_us, Outcome.FAILED_CREDENTIALS)):
+        times = [a.attempt_time_us for a in attempts if a.classification.outcome is outcome]
+        if times:
+            await session.execute(
+                update(PostbackConfig)
+                .where(PostbackConfig.id == config_row_id, or_(column.is_(None), column < max(times)))
+                .values({column.key: max(times)})
+                .execution_options(synchronize_session=False)
+            )
