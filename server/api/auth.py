@@ -1,0 +1,165 @@
+"""Who may call what: an interceptor that checks each call's API key against the method's scope and game."""
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from server.core.access import Grant, KeyKind, Scope, bearer_key, game_of_name, is_well_formed, key_digest
+from server.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+
+EVENTS = frozenset({Scope.EVENTS})
+ADMIN = frozenset({Scope.ADMIN})
+
+# Anyone may ask whether the server is up and what it serves.
+OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                 "grpc.reflection.v1.ServerReflection")
+_OPEN_PREFIXES = tuple(f"/{service}/" for service in OPEN_SERVICES)
+
+
+@dataclass(frozen=True, slots=True)
+class MethodRule:
+    """The scopes that may call a method, and the request field whose resource name says which game it touches.
+    The field is the one the servicer parses the game from, so the game checked is the game used."""
+
+    scopes: frozenset[Scope]
+    game_field: str
+
+
+METHOD_RULES: dict[str, MethodRule] = {
+    f"/postbacks.v1.{method}": MethodRule(scopes, field)
+    for method, scopes, field in (
+        ("EventService/IngestEvent", EVENTS, "parent"),
+        ("EventService/BatchIngestEvents", EVENTS, "parent"),
+        # Support answers "why didn't my conversion reach TikTok?" with its admin key too.
+        ("EventService/GetConversion", EVENTS | ADMIN, "name"),
+        ("PostbackConfigService/CreatePostbackConfig", ADMIN, "parent"),
+        ("PostbackConfigService/GetPostbackConfig", ADMIN, "name"),
+        ("PostbackConfigService/ListPostbackConfigs", ADMIN, "parent"),
+        ("PostbackConfigService/UpdatePostbackConfig", ADMIN, "postback_config.name"),
+        ("PostbackConfigService/DeletePostbackConfig", ADMIN, "name"),
+        ("PostbackConfigService/RotatePostbackCredentials", ADMIN, "name"),
+        # The servicer refuses a `postback_config` of another game than `parent`.
+        ("PostbackConfigService/ValidatePostbackCredentials", ADMIN, "parent"),
+        ("DeliveryLogService/ListDeliveryLogs", ADMIN, "parent"),
+        ("DeliveryLogService/StreamDeliveryLogs", ADMIN, "parent"),
+        ("PrivacyService/DeleteUserData", ADMIN, "parent"),
+        ("GameSettingsService/GetGameSettings", ADMIN, "name"),
+        ("GameSettingsService/UpdateGameSettings", ADMIN, "game_settings.name"),
+    )
+}
+
+GrantLookup = Callable[[str], Awaitable[Grant | None]]
+
+
+class GrantCache:
+    """Remembers key lookups (unknown keys too) for a few seconds: ingest is the hot path, and revocation, done in
+    another process, takes effect once the entry expires."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, lookup: GrantLookup, ttl_s: float, clock: Callable[[], float] = time.monotonic):
+        self._lookup = lookup
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._entries: dict[str, tuple[Grant | None, float]] = {}
+
+    async def get(self, key_sha256: str) -> Grant | None:
+        now = self._clock()
+        entry = self._entries.get(key_sha256)
+        if entry is not None and entry[1] > now:
+            return entry[0]
+        grant = await self._lookup(key_sha256)
+        if len(self._entries) >= self.MAX_ENTRIES:
+            # Callers inventing keys must not grow memory without bound; the real keys come back on their next call.
+            self._entries.clear()
+        self._entries[key_sha256] = (grant, now + self._ttl_s)
+        return grant
+
+
+def _request_field(request: Any, path: str) -> str:
+    value = request
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value  # type: ignore[no-any-return]
+
+
+def _authorization(details: grpc.HandlerCallDetails) -> str | None:
+    for name, value in details.invocation_metadata or ():
+        if name == "authorization":
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every handler but the open ones: no valid key is UNAUTHENTICATED; a key outside the method's scope or
+    the request's game is PERMISSION_DENIED. The check runs inside the handler, where the request is decoded and a
+    raised error reaches the ErrorInterceptor, which must therefore come first in the server's interceptors."""
+
+    def __init__(self, lookup: GrantLookup, *, cache_s: float, development_mode: bool, max_streams_per_key: int):
+        self._grants = GrantCache(lookup, cache_s)
+        self._development_mode = development_mode
+        self._max_streams_per_key = max_streams_per_key
+        self._open_streams: Counter[str] = Counter()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_OPEN_PREFIXES):
+            return handler
+        rule = METHOD_RULES.get(method)
+        if rule is None or handler.request_streaming:
+            return None  # fails closed: a method without a rule is not served at all (UNIMPLEMENTED)
+        key = bearer_key(_authorization(handler_call_details))
+        if handler.unary_unary:
+            inner_unary = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await self._authorize(key, rule, request)
+                return await inner_unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
+                                                       handler.response_serializer)
+        inner_stream = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            grant = await self._authorize(key, rule, request)
+            if self._open_streams[grant.key_id] >= self._max_streams_per_key:
+                raise ResourceExhausted(
+                    f"too many open streams for this API key: {self._max_streams_per_key} at once is the limit per "
+                    "key on this server (setting max_streams_per_key); close one before opening another",
+                    reason="TOO_MANY_STREAMS", metadata={"limit": str(self._max_streams_per_key)})
+            self._open_streams[grant.key_id] += 1
+            try:
+                async for response in inner_stream(request, context):
+                    yield response
+            finally:
+                self._open_streams[grant.key_id] -= 1
+                if not self._open_streams[grant.key_id]:
+                    del self._open_streams[grant.key_id]
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer,
+                                                    handler.response_serializer)
+
+    async def _authorize(self, key: str | None, rule: MethodRule, request: Any) -> Grant:
+        if key is None:
+            raise Unauthenticated("an API key is required: send the metadata `authorization: Bearer <key>`",
+                                  reason="API_KEY_MISSING")
+        grant = await self._grants.get(key_digest(key)) if is_well_formed(key) else None
+        if grant is None:
+            raise Unauthenticated("the API key is unknown or revoked", reason="API_KEY_INVALID")
+        if grant.kind == KeyKind.DEVELOPMENT and not self._development_mode:
+            raise Unauthenticated("development keys work only on a server started in development mode "
+                                  "(--dev-key-file); use an ingest or admin key", reason="API_KEY_DEVELOPMENT_ONLY")
+        game = game_of_name(_request_field(request, rule.game_field))
+        if denial := grant.denial(rule.scopes, game):
+            raise PermissionDenied(denial, reason="API_KEY_NOT_ALLOWED",
+                                   metadata={"key_id": grant.key_id})
+        return grant

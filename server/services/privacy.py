@@ -1,0 +1,82 @@
+"""Erasing a player's data: their events, identity links and postbacks not yet delivered go; a tombstone stays."""
+
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, and_, delete, false, func, insert, or_, select, text
+
+from server.core.erasure import erasure_subject, subject_digests
+from server.core.types import DeliveryState
+from server.services.context import ServiceContext
+from server.services.conversions import CONVERSION_KINDS
+from server.store.models import Delivery, Erasure, Event, IdentityLink
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureRequest:
+    """Who to erase; at least one is set. The email arrives hashed as TikTok hashes it, as events store it."""
+
+    user_id: str | None
+    anonymous_id: str | None
+    email_sha256: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureReport:
+    deleted_event_count: int
+    deleted_identity_link_count: int
+    deleted_conversion_count: int
+    cancelled_postback_count: int
+
+
+def _matching(columns: tuple[ColumnElement[str | None], ...], values: tuple[frozenset[str], ...]) -> ColumnElement[bool]:
+    terms = [column.in_(sorted(v)) for column, v in zip(columns, values, strict=True) if v]
+    return or_(*terms) if terms else false()
+
+
+async def delete_user_data(ctx: ServiceContext, game_id: str, request: ErasureRequest) -> ErasureReport:
+    """Erases the player in one transaction and records the tombstones that make their later events owe nothing.
+    Idempotent: a repeat finds nothing left to remove (only events that arrived since)."""
+    now_us = ctx.clock()
+    async with ctx.db.transaction() as session:
+        if not ctx.db.is_sqlite:
+            # The lock ingestion takes: an event of this player commits either before (and is erased here) or
+            # after (and meets the tombstone). SQLite's single writer gives the same order.
+            await session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:game))"), {"game": game_id})
+        named = (request.user_id, request.anonymous_id, request.email_sha256)
+        first_hop = _matching((IdentityLink.user_id, IdentityLink.anonymous_id, IdentityLink.email_sha256),
+                              tuple(frozenset({v} if v else ()) for v in named))
+        links = (await session.execute(select(IdentityLink.anonymous_id, IdentityLink.user_id, IdentityLink.email_sha256)
+                                       .where(IdentityLink.game_id == game_id, first_hop))).all()
+        users = erasure_subject(*named, links).user_ids
+        if users:  # the users' own links bring their other devices and emails
+            links += (await session.execute(
+                select(IdentityLink.anonymous_id, IdentityLink.user_id, IdentityLink.email_sha256)
+                .where(IdentityLink.game_id == game_id, IdentityLink.user_id.in_(sorted(users))))).all()
+        subject = erasure_subject(*named, links)
+        identities = (subject.user_ids, subject.anonymous_ids, subject.email_hashes)
+
+        events = and_(Event.game_id == game_id,
+                      _matching((Event.user_id, Event.anonymous_id, Event.email_sha256), identities))
+        conversions = await session.scalar(select(func.count()).select_from(Event).where(
+            events, Event.kind.in_(CONVERSION_KINDS)))
+        erased_event_rows = select(Event.id).where(events)
+        cancelled = await session.scalar(select(func.count()).select_from(Delivery).where(
+            Delivery.event_row_id.in_(erased_event_rows), Delivery.state == DeliveryState.PENDING.value))
+        # Deleting the deliveries explicitly does not depend on the foreign key's ON DELETE CASCADE being enforced.
+        await session.execute(delete(Delivery).where(Delivery.event_row_id.in_(erased_event_rows))
+                              .execution_options(synchronize_session=False))
+        deleted_events = (await session.execute(
+            delete(Event).where(events).execution_options(synchronize_session=False))).rowcount
+        deleted_links = (await session.execute(
+            delete(IdentityLink).where(IdentityLink.game_id == game_id, _matching(
+                (IdentityLink.user_id, IdentityLink.anonymous_id, IdentityLink.email_sha256), identities))
+            .execution_options(synchronize_session=False))).rowcount
+
+        digests = subject_digests(*identities)
+        known = set((await session.execute(select(Erasure.subject_sha256).where(
+            Erasure.game_id == game_id, Erasure.subject_sha256.in_(sorted(digests))))).scalars())
+        if digests - known:
+            await session.execute(insert(Erasure), [
+                {"game_id": game_id, "subject_sha256": d, "erase_time_us": now_us} for d in sorted(digests - known)])
+    return ErasureReport(deleted_event_count=deleted_events or 0, deleted_identity_link_count=deleted_links or 0,
+                         deleted_conversion_count=conversions or 0, cancelled_postback_count=cancelled or 0)
