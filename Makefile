@@ -12,9 +12,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-## run: start the service on the embedded SQLite default (data under ./data)
+## run: start the service on the embedded SQLite default (data under ./data), in development mode: it prints
+## a full-access development key, kept in data/dev.key, that production servers (no --dev-key-file) refuse
 run: $(STAMP)
-	$(BIN)/python -m server $(ARGS)
+	$(BIN)/python -m server --dev-key-file data/dev.key $(ARGS)
 
 ## test: the whole test suite (PostgreSQL tests run when it is reachable; CI=true requires it)
 test: $(STAMP)
@@ -32,8 +33,17 @@ check: lint test
 proto: $(STAMP)
 	$(BIN)/python proto/gen.py
 
+## demo: a click, identify, first launch and purchase posted back to a local fake TikTok (temporary data dir)
+demo: $(STAMP)
+	$(BIN)/python -m clients.demo
+
 migrate: $(STAMP)
 	$(BIN)/python -m server migrate
+
+## bench: the issue-7 benchmarks against their same-run ceilings (~15 min; writes bench/results.json).
+## BENCH_ARGS="--quick" for a smoke run under 2 minutes; BENCH_ARGS="ingest-unary --profile" for one, profiled
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis

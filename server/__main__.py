@@ -1,13 +1,32 @@
-"""Command line: `python -m server` serves; `python -m server migrate` only applies migrations."""
+"""Command line: `python -m server` serves; `migrate` applies migrations; `keys` and `rotate-secret-key` administer."""
 
 import argparse
 import asyncio
+import contextlib
+import datetime
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
 
 from server import settings as settings_module
+from server.api import translate
 from server.app import App
+from server.core.access import KeyKind
+from server.delivery.network_client import NetworkClient
+from server.errors import DomainError
+from server.secrets import (
+    SecretBox,
+    encode_keys,
+    key_file,
+    load_or_create_keys,
+    new_secret_key,
+    parse_keys,
+    write_private_file,
+)
+from server.services import api_keys
+from server.services.context import ServiceContext, wall_clock_us
+from server.services.secret_keys import reseal_credentials
 from server.store.db import Database
 
 
@@ -19,6 +38,9 @@ async def serve(settings: settings_module.Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"postbacks: serving gRPC on port {app.port}; Ctrl-C to stop", flush=True)
+    if app.dev_key:
+        print(f"postbacks: development mode; full-access key (kept in {settings.dev_key_file}): {app.dev_key}",
+              flush=True)
     await stop.wait()
     logging.getLogger("postbacks").info("shutting down (grace %.0fs)", settings.shutdown_grace_s)
     await app.stop()
@@ -31,21 +53,101 @@ async def migrate(settings: settings_module.Settings) -> None:
     print("postbacks: database is at the newest schema")
 
 
+@contextlib.asynccontextmanager
+async def _offline_context(settings: settings_module.Settings, secrets: SecretBox) -> AsyncIterator[ServiceContext]:
+    """What a one-off command needs to run use cases on the database; it talks to no network."""
+    db = Database(settings.resolved_database_url)
+    await db.migrate()
+    try:
+        yield ServiceContext(settings=settings, db=db, secrets=secrets,
+                             credential_checker=NetworkClient(settings, wall_clock_us))
+    finally:
+        await db.close()
+
+
+def _time(us: int | None) -> str:
+    return datetime.datetime.fromtimestamp(us / 1e6, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if us else "-"
+
+
+async def keys(settings: settings_module.Settings, args: argparse.Namespace) -> None:
+    """`keys create --kind ingest --game G`, `keys create --kind admin [--game G ...]`, `keys list`, `keys revoke ID`."""
+    # These commands seal nothing: a throwaway key keeps them from creating or needing the secret key file.
+    async with _offline_context(settings, SecretBox([new_secret_key()])) as ctx:
+        if args.action == "create":
+            games = [translate.parse_game(f"games/{g}", "--game") for g in args.game]
+            key, view = await api_keys.create_key(ctx, KeyKind(args.kind), games, args.label)
+            scope = ", ".join(f"games/{g}" for g in view.games) or "every game"
+            print(key)
+            print(f"postbacks: created {view.kind} key {view.key_id} for {scope}. This is the only time the key is "
+                  "shown: the service keeps only its hash.", file=sys.stderr)
+        elif args.action == "list":
+            print(f"{'ID':<10}{'KIND':<13}{'CREATED':<22}{'REVOKED':<22}{'GAMES':<24}LABEL")
+            for view in await api_keys.list_keys(ctx):
+                print(f"{view.key_id:<10}{view.kind:<13}{_time(view.create_time_us):<22}"
+                      f"{_time(view.revoke_time_us):<22}{','.join(view.games) or '*':<24}{view.label}")
+        else:
+            view = await api_keys.revoke_key(ctx, args.key_id)
+            print(f"postbacks: key {view.key_id} is revoked; servers refuse it within "
+                  f"{settings.api_key_cache_s:g}s")
+
+
+async def rotate_secret_key(settings: settings_module.Settings) -> None:
+    """Re-encrypts every stored credential with a new key (key file) or the first key of secret_keys (setting)."""
+    if settings.secret_keys:
+        async with _offline_context(settings, SecretBox(parse_keys(settings.secret_keys))) as ctx:
+            report = await reseal_credentials(ctx)
+        print(f"postbacks: re-sealed {report.resealed} of {report.total} stored credentials with the first key of "
+              "secret_keys; once every server runs with that key first, drop the other keys from the setting")
+        return
+    path = key_file(settings.data_dir)
+    old_keys = load_or_create_keys("", settings.data_dir)
+    new_keys = [new_secret_key(), *old_keys]
+    # From here on every server (they re-read the key file) opens both and seals with the new key.
+    write_private_file(path, encode_keys(new_keys))
+    resealed = 0
+    async with _offline_context(settings, SecretBox(new_keys)) as ctx:
+        # Repeat until a pass finds nothing: a server may have sealed with the old key just before the file changed.
+        while resealed_now := (await reseal_credentials(ctx)).resealed:
+            resealed += resealed_now
+    write_private_file(path, encode_keys(new_keys[:1]))
+    print(f"postbacks: new secret key in {path}; re-sealed {resealed} stored credentials; the old key is retired")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="postbacks-server", description="Conversion postback service.")
-    parser.add_argument("command", nargs="?", default="serve", choices=("serve", "migrate"))
+    parser.add_argument("command", nargs="?", default="serve",
+                        choices=("serve", "migrate", "keys", "rotate-secret-key"))
+    parser.add_argument("action", nargs="?", choices=("create", "list", "revoke"), help="keys: what to do")
+    parser.add_argument("key_id", nargs="?", help="keys revoke: the key's id, as `keys list` shows it")
+    parser.add_argument("--kind", choices=(KeyKind.INGEST.value, KeyKind.ADMIN.value),
+                        help="keys create: ingest (events of one game) or admin (configs, logs, erasure, settings)")
+    parser.add_argument("--game", action="append", default=[],
+                        help="keys create: a game the key is for; once for an ingest key, any number for an admin "
+                             "key (none: every game)")
+    parser.add_argument("--label", default="", help="keys create: a note shown by `keys list`")
     settings_module.add_arguments(parser)
     args = parser.parse_args(argv)
+    if (args.command == "keys") != (args.action is not None):
+        parser.error("`keys` takes one of create, list, revoke; other commands take no action")
+    if args.action == "create" and not args.kind:
+        parser.error("keys create needs --kind ingest or --kind admin")
+    if (args.action == "revoke") != (args.key_id is not None):
+        parser.error("keys revoke takes exactly one key id")
     settings = settings_module.from_namespace(args)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    command = {"serve": serve, "migrate": migrate}[args.command]
+    commands = {"serve": serve, "migrate": migrate, "rotate-secret-key": rotate_secret_key,
+                "keys": lambda s: keys(s, args)}
+    command = commands[args.command]
     try:
-        import uvloop
+        try:
+            import uvloop
 
-        uvloop.run(command(settings))
-    except ImportError:
-        asyncio.run(command(settings))
+            uvloop.run(command(settings))
+        except ImportError:
+            asyncio.run(command(settings))
+    except DomainError as e:
+        sys.exit(f"postbacks: {e.message}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Builds and runs the service: gRPC server with health and reflection, database, dispatcher; graceful stop."""
 
+import asyncio
+import contextlib
 import logging
+import pathlib
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,13 +21,21 @@ from postbacks.v1 import (
     privacy_service_pb2,
     privacy_service_pb2_grpc,
 )
+from server.api.auth import AuthInterceptor
 from server.api.configs import PostbackConfigServicer
+from server.api.delivery_logs import DeliveryLogServicer
 from server.api.errors import ErrorInterceptor
 from server.api.events import EventServicer
 from server.api.game_settings import GameSettingsServicer
+from server.api.privacy import PrivacyServicer
+from server.delivery.dispatcher import Dispatcher, new_owner_id
 from server.delivery.network_client import NetworkClient
-from server.secrets import SecretBox, load_or_create_keys
+from server.metrics import MetricsServer
+from server.secrets import open_secret_box, read_private_file, write_private_file
+from server.services import api_keys, delivery_logs, outbox_stats
 from server.services.context import ServiceContext, wall_clock_us
+from server.services.ingest import GroupCommitter
+from server.services.log_tail import LogTail
 from server.settings import Settings
 from server.store.db import Database
 
@@ -46,52 +57,126 @@ class App:
     """One running service process. `start()` returns once it serves; `stop()` drains and closes."""
 
     def __init__(self, settings: Settings, *, clock=wall_clock_us):  # type: ignore[no-untyped-def]
+        if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+            raise ValueError("TLS needs both tls_cert_file and tls_key_file")
         self.settings = settings
         self.db = Database(settings.resolved_database_url, sqlite_synchronous=settings.sqlite_synchronous)
         self.network_client = NetworkClient(settings, clock)
         self.ctx = ServiceContext(
             settings=settings,
             db=self.db,
-            secrets=SecretBox(load_or_create_keys(settings.secret_keys, settings.data_dir)),
+            secrets=open_secret_box(settings.secret_keys, settings.data_dir),
             credential_checker=self.network_client,
             clock=clock,
         )
         self.health = health.aio.HealthServicer()
+        self.dispatcher: Dispatcher | None = None
+        if settings.role in ("all", "dispatcher"):
+            self.dispatcher = Dispatcher(self.ctx, self.network_client, new_owner_id())
+            self.ctx.outbox_listeners.append(self.dispatcher.wake)
+        # One reader of new delivery-log rows for every StreamDeliveryLogs call of this process.
+        self.log_tail = LogTail(self.db, poll_s=settings.log_stream_poll_s, settle_s=settings.log_stream_settle_s,
+                                clock_us=clock)
+        self.ctx.delivery_log_listeners.append(self.log_tail.wake)
+        self.ctx.metrics.open_log_streams.set_function(lambda: self.log_tail.followers)
+        self.metrics_server: MetricsServer | None = None
+        self.metrics_port: int | None = None
+        self._log_purge_task: asyncio.Task[None] | None = None
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
+        # Development mode only: the full-access key kept in settings.dev_key_file.
+        self.dev_key: str | None = None
+
+    @property
+    def open_log_streams(self) -> int:
+        return self.log_tail.followers
 
     async def start(self) -> int:
         await self.db.migrate()
         await self.network_client.start()
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-        event_service_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(self.ctx), server)
-        postback_config_service_pb2_grpc.add_PostbackConfigServiceServicer_to_server(
-            PostbackConfigServicer(self.ctx), server)
-        game_settings_service_pb2_grpc.add_GameSettingsServiceServicer_to_server(GameSettingsServicer(self.ctx), server)
-        delivery_log_service_pb2_grpc.add_DeliveryLogServiceServicer_to_server(
-            delivery_log_service_pb2_grpc.DeliveryLogServiceServicer(), server)
-        privacy_service_pb2_grpc.add_PrivacyServiceServicer_to_server(
-            privacy_service_pb2_grpc.PrivacyServiceServicer(), server)
+        if self.settings.dev_key_file:
+            self.dev_key = await self._development_key()
+        auth = AuthInterceptor(lambda key_sha256: api_keys.find_grant(self.ctx, key_sha256),
+                               cache_s=self.settings.api_key_cache_s,
+                               development_mode=bool(self.settings.dev_key_file),
+                               max_streams_per_key=self.settings.max_streams_per_key)
+        # The error interceptor comes first so that it turns the auth interceptor's refusals into rich status.
+        server = grpc.aio.server(
+            interceptors=[ErrorInterceptor(), auth],
+            options=[("grpc.max_receive_message_length", self.settings.max_receive_message_bytes)],
+        )
+        api_services = SERVICE_NAMES if self.settings.role != "dispatcher" else ()  # a dispatcher serves health only
+        if api_services:
+            event_service_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(self.ctx, GroupCommitter(self.ctx)), server)
+            postback_config_service_pb2_grpc.add_PostbackConfigServiceServicer_to_server(
+                PostbackConfigServicer(self.ctx), server)
+            game_settings_service_pb2_grpc.add_GameSettingsServiceServicer_to_server(
+                GameSettingsServicer(self.ctx), server)
+            delivery_log_service_pb2_grpc.add_DeliveryLogServiceServicer_to_server(
+                DeliveryLogServicer(self.ctx, self.log_tail, self.settings.log_stream_heartbeat_s), server)
+            privacy_service_pb2_grpc.add_PrivacyServiceServicer_to_server(PrivacyServicer(self.ctx), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (*api_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        self.port = server.add_insecure_port(self.settings.listen)
+        self.port = self._add_port(server)
         if not self.port:
             raise RuntimeError(f"could not listen on {self.settings.listen}")
         await server.start()
         self.server = server
-        for name in ("", *SERVICE_NAMES):
+        self.log_tail.start()
+        self._log_purge_task = asyncio.create_task(
+            delivery_logs.purge_expired_logs_periodically(self.ctx, self.settings.log_purge_interval_s),
+            name="delivery-log-purge")
+        if self.settings.metrics_listen:
+            self.metrics_server = MetricsServer(self.ctx.metrics, self.settings.metrics_listen,
+                                                lambda: outbox_stats.refresh_outbox_gauges(self.ctx))
+            self.metrics_port = await self.metrics_server.start()
+        if self.dispatcher is not None:
+            self.dispatcher.start()
+        for name in ("", *api_services):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving on port %d (database %s)", self.port, self.db.url.render_as_string(hide_password=True))
         return self.port
 
+    def _add_port(self, server: grpc.aio.Server) -> int:
+        """TLS when a certificate and key are configured, plaintext otherwise."""
+        cert_file, key_file = self.settings.tls_cert_file, self.settings.tls_key_file
+        if not cert_file:
+            return server.add_insecure_port(self.settings.listen)
+        credentials = grpc.ssl_server_credentials(
+            [(pathlib.Path(key_file).read_bytes(), pathlib.Path(cert_file).read_bytes())])
+        return server.add_secure_port(self.settings.listen, credentials)
+
+    async def _development_key(self) -> str:
+        """The full-access development key kept in dev_key_file: created once, and again if it was revoked."""
+        path = pathlib.Path(self.settings.dev_key_file)
+        remembered = read_private_file(path)
+        key, created = await api_keys.ensure_development_key(self.ctx, remembered)
+        if created:
+            write_private_file(path, key + "\n")
+        log.warning("development mode: development keys are honoured; never run like this in production "
+                    "(the development key is in %s)", path)
+        return key
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Says NOT_SERVING, stops accepting calls, lets in-flight calls finish within the grace, then closes."""
         await self.health.enter_graceful_shutdown()
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        # Log streams never end on their own: end them now so they do not hold the whole grace period.
+        self.log_tail.close()
         if self.server is not None:
-            await self.server.stop(self.settings.shutdown_grace_s if grace_s is None else grace_s)
+            await self.server.stop(grace)
+        await self.log_tail.stop()
+        if self._log_purge_task is not None:
+            self._log_purge_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._log_purge_task
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+        if self.dispatcher is not None:
+            await self.dispatcher.stop(grace)
         await self.network_client.close()
         await self.db.close()
 

@@ -48,10 +48,23 @@ class Settings:
     # Observability and retention.
     metrics_listen: str = _setting("", "host:port for the Prometheus /metrics endpoint; off when empty")
     log_retention_days: int = _setting(30, "days delivery-log entries are kept")
+    log_purge_interval_s: float = _setting(600.0, "seconds between purges of expired delivery-log entries")
+    log_stream_heartbeat_s: float = _setting(15.0, "an idle StreamDeliveryLogs call sends a heartbeat after this "
+                                                   "many seconds")
+    log_stream_poll_s: float = _setting(1.0, "how often log streams look for entries written by other processes")
+    log_stream_settle_s: float = _setting(5.0, "PostgreSQL: how long log streams wait for a missing delivery-log "
+                                               "id to commit before skipping it")
     log_level: str = _setting("INFO", "log level")
     # Transport security.
     tls_cert_file: str = _setting("", "PEM certificate chain; serves TLS when set with --tls-key-file")
     tls_key_file: str = _setting("", "PEM private key for --tls-cert-file")
+    # Access control and abuse limits.
+    dev_key_file: str = _setting("", "development mode: keep a full-access development key in this file (created "
+                                     "once, owner-only) and honour development keys; never set in production")
+    api_key_cache_s: float = _setting(2.0, "seconds an API key lookup is cached; a revoked key stops working "
+                                           "within this time")
+    max_receive_message_bytes: int = _setting(4 * 1024 * 1024, "largest request message accepted, in bytes")
+    max_streams_per_key: int = _setting(8, "open StreamDeliveryLogs streams allowed per API key at once, per server")
 
     @property
     def resolved_database_url(self) -> str:

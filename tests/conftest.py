@@ -13,6 +13,7 @@ import pytest
 from server.app import App
 from server.settings import Settings
 from tests.fakes.fake_network import FakeAdNetwork
+from tests.helpers import API_KEYS_BY_PORT, authorized_channel
 
 PG_ADMIN_DSN = os.environ.get("POSTBACKS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 _pg_available: bool | None = None
@@ -77,29 +78,35 @@ async def fake_network() -> AsyncIterator[FakeAdNetwork]:
 
 
 def test_settings(tmp_path, database_url: str, fake: FakeAdNetwork, **overrides) -> Settings:  # type: ignore[no-untyped-def]
-    return Settings(
-        listen="127.0.0.1:0",
-        data_dir=str(tmp_path / "data"),
-        database_url=database_url,
-        tiktok_base_url=fake.tiktok_base_url,
-        reddit_base_url=fake.reddit_base_url,
-        shutdown_grace_s=1.0,
-        sqlite_synchronous="NORMAL",
-        retry_base_delay_s=0.05,
-        retry_max_delay_s=0.2,
-        dispatch_poll_s=0.2,
-        http_total_timeout_s=5.0,
+    """Settings for a server under test. Development mode gives it a full-access key (App.dev_key) that the
+    `channel` fixture and helpers.grpcurl send, so tests that are not about access control need not know of keys."""
+    return Settings(**{
+        "dev_key_file": str(tmp_path / "data" / "dev.key"),
+        "listen": "127.0.0.1:0",
+        "data_dir": str(tmp_path / "data"),
+        "database_url": database_url,
+        "tiktok_base_url": fake.tiktok_base_url,
+        "reddit_base_url": fake.reddit_base_url,
+        "shutdown_grace_s": 1.0,
+        "sqlite_synchronous": "NORMAL",
+        "retry_base_delay_s": 0.05,
+        "retry_max_delay_s": 0.2,
+        "dispatch_poll_s": 0.2,
+        "http_total_timeout_s": 5.0,
         **overrides,
-    )
+    })
 
 
 @contextlib.asynccontextmanager
 async def running_app(settings: Settings) -> AsyncIterator[App]:
     app = App(settings)
     await app.start()
+    if app.dev_key:
+        API_KEYS_BY_PORT[app.port] = app.dev_key  # type: ignore[index]
     try:
         yield app
     finally:
+        API_KEYS_BY_PORT.pop(app.port, None)  # type: ignore[arg-type]
         await app.stop(grace_s=0.5)
 
 
@@ -111,7 +118,7 @@ async def app(tmp_path, database_url, fake_network) -> AsyncIterator[App]:  # ty
 
 @pytest.fixture
 async def channel(app: App) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+    async with authorized_channel(app) as ch:
         yield ch
 
 

@@ -1,7 +1,13 @@
 """Builders for requests and stubs used across the service tests."""
 
+import asyncio
+import datetime
+import json
+import pathlib
+import sys
 import time
 
+import grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -100,3 +106,68 @@ def error_reason(error) -> str:  # type: ignore[no-untyped-def]
             detail.Unpack(info)
             return info.reason
     return ""
+
+
+GRPCURL = str(pathlib.Path(sys.executable).parent / "grpcurl")
+# The full-access key of each running test server (tests.conftest.running_app): sent by grpcurl() and
+# authorized_channel() unless a test says otherwise.
+API_KEYS_BY_PORT: dict[int, str] = {}
+
+
+def _with_key(details: grpc.aio.ClientCallDetails, key: str) -> grpc.aio.ClientCallDetails:
+    """The call's details with `authorization: Bearer <key>` added, unless the call carries its own."""
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    if "authorization" not in metadata:
+        metadata.add("authorization", f"Bearer {key}")
+    return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
+                                      details.wait_for_ready)
+
+
+# One class per call shape: a channel files each interceptor under the first shape it implements.
+class _UnaryKey(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, key: str):
+        self._key = key
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(_with_key(client_call_details, self._key), request)
+
+
+class _StreamKey(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, key: str):
+        self._key = key
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(_with_key(client_call_details, self._key), request)
+
+
+def key_channel(port: int, key: str | None) -> grpc.aio.Channel:
+    """A plaintext channel to a local server whose calls carry `key` (none when key is None)."""
+    return grpc.aio.insecure_channel(f"127.0.0.1:{port}",
+                                     interceptors=[_UnaryKey(key), _StreamKey(key)] if key else None)
+
+
+def authorized_channel(app) -> grpc.aio.Channel:  # type: ignore[no-untyped-def]
+    """A channel to a running test server with its full-access development key."""
+    return key_channel(app.port, app.dev_key)
+
+
+async def grpcurl(port: int, *args: str, data: dict | None = None, headers: dict[str, str] | None = None) -> tuple[int, str, str]:  # type: ignore[type-arg]
+    """Runs the real grpcurl binary against the server (plaintext); returns (exit code, stdout, stderr)."""
+    command = [GRPCURL, "-plaintext"]
+    headers = dict(headers or {})
+    if "authorization" not in headers and port in API_KEYS_BY_PORT:
+        headers["authorization"] = f"Bearer {API_KEYS_BY_PORT[port]}"
+    for name, value in headers.items():
+        if value:
+            command += ["-H", f"{name}: {value}"]
+    if data is not None:
+        command += ["-d", json.dumps(data)]
+    command += [f"127.0.0.1:{port}", *args]
+    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE,
+                                                   stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await process.communicate()
+    return process.returncode or 0, stdout.decode(), stderr.decode()
+
+
+def rfc3339(seconds_ago: float = 0.0) -> str:
+    return datetime.datetime.fromtimestamp(time.time() - seconds_ago, datetime.UTC).isoformat().replace("+00:00", "Z")

@@ -129,14 +129,14 @@ def new_config_from_proto(request: pb.CreatePostbackConfigRequest) -> tuple[str,
 def changes_from_proto(request: pb.UpdatePostbackConfigRequest) -> tuple[str, str, ConfigChanges]:
     violations = Violations()
     game_id, config_id = parse_config_name(request.postback_config.name, "postback_config.name")
-    paths = list(request.update_mask.paths)
+    paths = translate.mask_paths(request.update_mask, violations)
     if not paths:
         violations.add("update_mask", f"is required: name the fields to change ({', '.join(UPDATABLE_FIELDS)})")
     for path in paths:
         if path == "credentials" or path.startswith("credentials."):
             violations.add("update_mask", "credentials change only through RotatePostbackCredentials")
         elif path not in UPDATABLE_FIELDS:
-            violations.add("update_mask", f"{path!r} cannot be updated; updatable: {', '.join(UPDATABLE_FIELDS)}")
+            violations.add("update_mask", f"{path[:64]!r} cannot be updated; updatable: {', '.join(UPDATABLE_FIELDS)}")
     msg = request.postback_config
     changes = ConfigChanges(
         display_name=_display_name(msg.display_name, "postback_config.display_name", violations)

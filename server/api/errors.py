@@ -1,5 +1,6 @@
 """The one place domain errors become gRPC status: google.rpc.Status with ErrorInfo and BadRequest details."""
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -63,7 +64,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 try:
-                    async for response in inner_stream(request, context):
+                    responses = inner_stream(request, context)
+                    if inspect.isawaitable(responses):  # a handler that writes with context.write() (health Watch)
+                        await responses
+                        return
+                    async for response in responses:
                         yield response
                 except grpc.aio.AbortError:
                     raise

@@ -10,13 +10,14 @@ from server.services.context import ServiceContext
 
 
 class EventServicer(event_service_pb2_grpc.EventServiceServicer):
-    def __init__(self, ctx: ServiceContext):
+    def __init__(self, ctx: ServiceContext, group_committer: ingest.GroupCommitter):
         self._ctx = ctx
+        self._group_committer = group_committer
 
     async def IngestEvent(self, request: pb.IngestEventRequest, context: grpc.aio.ServicerContext) -> pb.IngestEventResponse:
         game_id = translate.parse_game(request.parent)
         event = translate.single_event_from_proto(request.event, request.HasField("event"), self._ctx.clock())
-        (receipt,) = await ingest.ingest_events(self._ctx, game_id, [event])
+        (receipt,) = await self._group_committer.ingest(game_id, [event])
         return pb.IngestEventResponse(result=translate.receipt_to_proto(receipt))
 
     async def BatchIngestEvents(self, request: pb.BatchIngestEventsRequest,

@@ -26,12 +26,12 @@ def _parse_settings_name(name: str, field_path: str) -> str:
 def lookback_from_proto(request: pb.UpdateGameSettingsRequest) -> tuple[str, int | None]:
     game_id = _parse_settings_name(request.game_settings.name, "game_settings.name")
     violations = Violations()
-    paths = list(request.update_mask.paths)
+    paths = translate.mask_paths(request.update_mask, violations)
     if not paths:
         violations.add("update_mask", "is required: name the fields to change (attribution_lookback)")
     for path in paths:
         if path != "attribution_lookback":
-            violations.add("update_mask", f"{path!r} cannot be updated; updatable: attribution_lookback")
+            violations.add("update_mask", f"{path[:64]!r} cannot be updated; updatable: attribution_lookback")
     lookback_us = None
     if "attribution_lookback" in paths:
         lookback_us = translate.duration_to_us(request.game_settings.attribution_lookback)

@@ -67,6 +67,17 @@ def config_name(game_id: str, config_id: str) -> str:
     return f"games/{game_id}/postbackConfigs/{config_id}"
 
 
+MAX_MASK_PATHS = 16
+
+
+def mask_paths(mask, violations: Violations) -> list[str]:  # type: ignore[no-untyped-def]
+    """An update mask's paths. A mask naming more fields than any resource has is refused without walking it."""
+    paths = list(mask.paths)
+    if len(paths) > MAX_MASK_PATHS:
+        violations.add("update_mask", f"names {len(paths)} fields; at most {MAX_MASK_PATHS} are allowed")
+    return paths[:MAX_MASK_PATHS]
+
+
 def page_size(value: int, field_path: str = "page_size") -> int:
     """0 means the default; services cap the rest."""
     if value < 0:

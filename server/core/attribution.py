@@ -156,7 +156,11 @@ def decide(
     return Decision(click=winner, owed_config_ids=owed, reason=None)
 
 
-_AWAITING_A_CLICK = frozenset({NoPostbackReason.ORGANIC, NoPostbackReason.CLICK_OUTSIDE_WINDOW})
+# Reasons late data can change: no click found yet, or a Reddit click whose match key (a hashed email from a
+# late identify) has not arrived yet. Nothing was sent for these, so re-deciding cannot credit twice.
+AWAITING_LATE_DATA = frozenset({
+    NoPostbackReason.ORGANIC, NoPostbackReason.CLICK_OUTSIDE_WINDOW, NoPostbackReason.NO_MATCH_KEY,
+})
 
 
 def can_reevaluate(
@@ -167,10 +171,11 @@ def can_reevaluate(
 ) -> bool:
     """Whether a late click or identity link may still change this conversion's decision.
 
-    Only a conversion that found no qualifying click can gain one from late data. The pixel and the game
-    report independently, so their events race only briefly: hence the `grace_us` bound after the
-    conversion's arrival (edge inclusive), beyond which the decision is settled.
-    Once a click was found the decision is kept: re-attributing would risk crediting a second network.
-    Erased users and repeat launches are final whatever arrives.
+    A conversion that found no qualifying click can gain one from late data, and a Reddit conversion
+    without a match key can gain a hashed email from a late identify. The pixel and the game report
+    independently, so their events race only briefly: hence the `grace_us` bound after the conversion's
+    arrival (edge inclusive), beyond which the decision is settled. Otherwise, once a click was found the
+    decision is kept: re-attributing would risk crediting a second network. Erased users and repeat
+    launches are final whatever arrives.
     """
-    return decision_reason in _AWAITING_A_CLICK and now_us - received_time_us <= grace_us
+    return decision_reason in AWAITING_LATE_DATA and now_us - received_time_us <= grace_us

@@ -5,7 +5,7 @@ import re
 from server.core.types import ConfigHealth, Network
 
 MAX_TOKEN_LENGTH = 2048
-_REDDIT_PIXEL = re.compile(r"a2_[A-Za-z0-9]+")
+_REDDIT_PIXEL = re.compile(r"a2_[A-Za-z0-9]{1,61}")
 _TIKTOK_PIXEL = re.compile(r"[A-Za-z0-9]{1,64}")
 
 
@@ -24,7 +24,7 @@ def pixel_id_problem(network: Network, pixel_id: str) -> str | None:
     if not pixel_id:
         return "is required"
     if network == Network.REDDIT and not _REDDIT_PIXEL.fullmatch(pixel_id):
-        return "must be a Reddit pixel ID: a2_ followed by letters and digits"
+        return "must be a Reddit pixel ID: a2_ followed by letters and digits, at most 64 characters"
     if network == Network.TIKTOK and not _TIKTOK_PIXEL.fullmatch(pixel_id):
         return "must be a TikTok pixel code: up to 64 letters and digits"
     return None

@@ -1,8 +1,7 @@
 """Incoming events as the domain sees them, and the pure rules for reading them: click derivation, money, currencies."""
 
 import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from urllib.parse import parse_qs, urlsplit
@@ -51,7 +50,7 @@ class NewEvent:
 
     def fingerprint(self) -> str:
         """A digest of the payload, to tell a retry (same payload) from a reused event id (different payload)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()
+        return hashlib.sha256(repr(tuple(getattr(self, name) for name in self.__slots__)).encode()).hexdigest()
 
 
 def derive_click(network: Network | None, click_id: str | None, landing_url: str | None) -> tuple[Network | None, str | None]:

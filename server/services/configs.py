@@ -100,7 +100,7 @@ async def _check(ctx: ServiceContext, network: Network, credentials: NetworkCred
 async def create_config(ctx: ServiceContext, game_id: str, config_id: str | None, new: NewConfig,
                         test_code: str | None) -> ConfigView:
     config_id = config_id or random_ids.token_hex(6)
-    async with ctx.db.transaction() as session:
+    async with ctx.db.snapshot() as session:
         if await session.scalar(select(PostbackConfig.id).where(
                 PostbackConfig.game_id == game_id, PostbackConfig.config_id == config_id)):
             raise AlreadyExists(f"postback config games/{game_id}/postbackConfigs/{config_id} already exists "
@@ -132,7 +132,7 @@ async def create_config(ctx: ServiceContext, game_id: str, config_id: str | None
 
 
 async def get_config(ctx: ServiceContext, game_id: str, config_id: str) -> ConfigView:
-    async with ctx.db.transaction() as session:
+    async with ctx.db.snapshot() as session:
         return _view(await _find(session, game_id, config_id))
 
 
@@ -145,7 +145,7 @@ async def list_configs(ctx: ServiceContext, game_id: str, page_size: int, page_t
             after = page_tokens.decode(page_token, query)
         except ValueError as e:
             raise InvalidArgument.single("page_token", str(e)) from None
-    async with ctx.db.transaction() as session:
+    async with ctx.db.snapshot() as session:
         rows = (await session.execute(
             select(PostbackConfig)
             .where(PostbackConfig.game_id == game_id, PostbackConfig.delete_time_us.is_(None), PostbackConfig.id > after)
@@ -185,7 +185,7 @@ async def delete_config(ctx: ServiceContext, game_id: str, config_id: str) -> in
 
 async def rotate_credentials(ctx: ServiceContext, game_id: str, config_id: str, access_token: str,
                              pixel_id: str | None, test_code: str | None) -> ConfigView:
-    async with ctx.db.transaction() as session:
+    async with ctx.db.snapshot() as session:
         current = await _find(session, game_id, config_id)
     network = Network(current.network)
     if pixel_id and (problem := rules.pixel_id_problem(network, pixel_id)):
@@ -209,7 +209,7 @@ async def validate_credentials(ctx: ServiceContext, game_id: str, config_id: str
                                event_type: EventType | None, test_code: str | None) -> CredentialCheck:
     """Checks new credentials, or a saved config's (decrypted only for this call); saves nothing."""
     if config_id:
-        async with ctx.db.transaction() as session:
+        async with ctx.db.snapshot() as session:
             row = await _find(session, game_id, config_id)
         network = Network(row.network)
         token = ctx.secrets.open(row.access_token_sealed, context=sealing_context(game_id, config_id))

@@ -4,6 +4,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from server.metrics import Metrics
 from server.secrets import SecretBox
 from server.services.credentials import CredentialChecker
 from server.settings import Settings
@@ -25,6 +26,7 @@ class ServiceContext:
     outbox_listeners: list[Callable[[], None]] = field(default_factory=list)
     # Called after delivery-log rows commit; log followers (StreamDeliveryLogs) listen.
     delivery_log_listeners: list[Callable[[], None]] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def outbox_changed(self) -> None:
         for listener in self.outbox_listeners:

@@ -53,7 +53,7 @@ class ConversionView:
 
 
 async def get_conversion(ctx: ServiceContext, game_id: str, event_id: str) -> ConversionView:
-    async with ctx.db.transaction() as session:
+    async with ctx.db.snapshot() as session:
         views = await load_conversion_views(session, game_id, [event_id])
     if event_id not in views:
         raise NotFound(f"conversion games/{game_id}/conversions/{event_id} not found: no game launch or purchase "

@@ -15,7 +15,7 @@ class GameSettingsView:
 
 
 async def get_game_settings(ctx: ServiceContext, game_id: str) -> GameSettingsView:
-    async with ctx.db.transaction() as session:
+    async with ctx.db.snapshot() as session:
         row = await session.get(Game, game_id)
     if row is None:
         return GameSettingsView(game_id, attribution.DEFAULT_LOOKBACK_US, None)

@@ -1,6 +1,7 @@
 """Engine and session setup for SQLite (embedded default) and PostgreSQL, and schema migration on start."""
 
 import contextlib
+import os
 import pathlib
 from collections.abc import AsyncIterator
 
@@ -17,24 +18,36 @@ _MIGRATION_LOCK_KEY = 0x706F73746261636B
 
 class Database:
     """One engine per process. Write transactions on SQLite start with BEGIN IMMEDIATE so two writers queue
-    on the lock instead of failing when one upgrades a read snapshot to a write."""
+    on the lock instead of failing when one upgrades a read snapshot to a write; read-only use cases take a
+    snapshot on a second engine with a plain BEGIN, which WAL lets run beside the writer."""
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10):
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite:
             if self.url.database and self.url.database != ":memory:":
-                pathlib.Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+                _create_private_file(pathlib.Path(self.url.database))
             self.engine: AsyncEngine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
-            _configure_sqlite(self.engine, sqlite_synchronous)
+            _configure_sqlite(self.engine, sqlite_synchronous, begin="BEGIN IMMEDIATE")
+            read_engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
+            _configure_sqlite(read_engine, sqlite_synchronous, begin="BEGIN")
         else:
             self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            read_engine = self.engine
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        self._read_engine = read_engine
+        self._read_sessions = async_sessionmaker(read_engine, expire_on_commit=False, autoflush=False)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One use case's transaction: commits when the block ends, rolls back when it raises."""
         async with self.sessions() as session, session.begin():
+            yield session
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncSession]:
+        """A read-only use case's transaction: a consistent view that never waits for, or blocks, writers."""
+        async with self._read_sessions() as session, session.begin():
             yield session
 
     async def migrate(self) -> None:
@@ -45,23 +58,35 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self._read_engine is not self.engine:
+            await self._read_engine.dispose()
 
 
-def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
+def _create_private_file(path: pathlib.Path) -> None:
+    """The database holds hashed emails and user ids: owner-only from the start (SQLite gives its -wal and
+    -shm files the same mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def _configure_sqlite(engine: AsyncEngine, synchronous: str, *, begin: str) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
-        # Take over transaction control from the driver so BEGIN IMMEDIATE below is the only BEGIN.
+        # Take over transaction control from the driver so the BEGIN below is the only one.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # Erased players' rows are overwritten, not merely unlinked, in the database file.
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(conn):  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql(begin)
 
 
 def alembic_config() -> Config:

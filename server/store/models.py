@@ -181,3 +181,22 @@ class Erasure(Base):
     game_id: Mapped[str] = mapped_column(String(63))
     subject_sha256: Mapped[str] = mapped_column(String(64))
     erase_time_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class ApiKey(Base):
+    """A caller's API key. Only the key's SHA-256 is kept; the key itself is shown once, when it is created."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        UniqueConstraint("key_id", name="uq_api_keys_key_id"),
+        UniqueConstraint("key_sha256", name="uq_api_keys_key_sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(String(16))  # public: the key starts with pbk_<key_id>_
+    key_sha256: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # KeyKind
+    games: Mapped[str] = mapped_column(Text)  # comma-separated game ids; empty: every game
+    label: Mapped[str] = mapped_column(String(200))
+    create_time_us: Mapped[int] = mapped_column(BigInteger)
+    revoke_time_us: Mapped[int | None] = mapped_column(BigInteger)

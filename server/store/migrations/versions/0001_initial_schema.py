@@ -16,6 +16,22 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
+        "api_keys",
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+        ),
+        sa.Column("key_id", sa.String(length=16), nullable=False),
+        sa.Column("key_sha256", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("games", sa.Text(), nullable=False),
+        sa.Column("label", sa.String(length=200), nullable=False),
+        sa.Column("create_time_us", sa.BigInteger(), nullable=False),
+        sa.Column("revoke_time_us", sa.BigInteger(), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("key_id", name="uq_api_keys_key_id"),
+        sa.UniqueConstraint("key_sha256", name="uq_api_keys_key_sha256"),
+    )
+    op.create_table(
         "delivery_logs",
         sa.Column(
             "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
@@ -196,3 +212,4 @@ def downgrade() -> None:
         batch_op.drop_index("ix_delivery_logs_config")
 
     op.drop_table("delivery_logs")
+    op.drop_table("api_keys")
