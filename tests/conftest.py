@@ -67,6 +67,13 @@ async def database_url(request, tmp_path) -> AsyncIterator[str]:  # type: ignore
 
 
 @pytest.fixture
+async def postgresql_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database, for behaviour only PostgreSQL has (concurrent writers, sequence holes)."""
+    async with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
 async def sqlite_url(tmp_path) -> str:  # type: ignore[no-untyped-def]
     return f"sqlite+aiosqlite:///{tmp_path / 'postbacks.db'}"
 

@@ -465,12 +465,10 @@ async def test_stopping_the_server_ends_open_streams(tmp_path, database_url, fak
     assert app.open_log_streams == 0
 
 
-async def test_a_late_committing_lower_id_is_not_skipped_on_postgresql(tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+async def test_a_late_committing_lower_id_is_not_skipped_on_postgresql(tmp_path, postgresql_url, fake_network) -> None:  # type: ignore[no-untyped-def]
     """A sequence hands out ids before commit: id N can become visible after N+1. A follower that moved its
     cursor past N+1 would never see N."""
-    if database_url.startswith("sqlite"):
-        pytest.skip("SQLite serialises writers: ids become visible in order")
-    settings = settings_for(tmp_path, database_url, fake_network, log_stream_settle_s=120.0)
+    settings = settings_for(tmp_path, postgresql_url, fake_network, log_stream_settle_s=120.0)
     async with running_app(settings) as app, authorized_channel(app) as channel:
         config = await make_config(app, channel, "g", "tt")
         configs = {"tt": config}
@@ -489,10 +487,8 @@ async def test_a_late_committing_lower_id_is_not_skipped_on_postgresql(tmp_path,
         call.cancel()
 
 
-async def test_an_id_that_never_commits_is_skipped_after_the_settle_window(tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
-    if database_url.startswith("sqlite"):
-        pytest.skip("SQLite leaves no holes below visible rows")
-    settings = settings_for(tmp_path, database_url, fake_network, log_stream_settle_s=0.3)
+async def test_an_id_that_never_commits_is_skipped_after_the_settle_window(tmp_path, postgresql_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(tmp_path, postgresql_url, fake_network, log_stream_settle_s=0.3)
     async with running_app(settings) as app, authorized_channel(app) as channel:
         config = await make_config(app, channel, "g", "tt")
         call = stub(channel).StreamDeliveryLogs(pb.StreamDeliveryLogsRequest(parent="games/g"))
@@ -507,11 +503,9 @@ async def test_an_id_that_never_commits_is_skipped_after_the_settle_window(tmp_p
         call.cancel()
 
 
-async def test_an_old_hole_does_not_hold_back_a_stream_that_starts_later(tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+async def test_an_old_hole_does_not_hold_back_a_stream_that_starts_later(tmp_path, postgresql_url, fake_network) -> None:  # type: ignore[no-untyped-def]
     """Holes from long-rolled-back transactions are final; only a recent one may still fill."""
-    if database_url.startswith("sqlite"):
-        pytest.skip("SQLite leaves no holes below visible rows")
-    settings = settings_for(tmp_path, database_url, fake_network, log_stream_settle_s=120.0)
+    settings = settings_for(tmp_path, postgresql_url, fake_network, log_stream_settle_s=120.0)
     async with running_app(settings) as app, authorized_channel(app) as channel:
         config = await make_config(app, channel, "g", "tt")
         configs = {"tt": config}
