@@ -1,6 +1,7 @@
 """Prometheus metrics for operators: one registry per App, served on its own port when metrics_listen is set."""
 
 import logging
+from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Protocol
 
@@ -67,17 +68,25 @@ class Metrics:
 
     def record_ingest(self, new_events: Iterable[NewEvent], conversions: Mapping[str, DecidedConversion]) -> None:
         """After an ingest transaction commits: the events it stored, and the decisions by event id."""
+        # Counted first, then added once per series: a label lookup per event would cost more than the count.
+        kinds: Tally[str] = Tally()
+        decisions: Tally[tuple[str, str]] = Tally()
         for event in new_events:
-            self.events_ingested.labels(kind=event.kind.value).inc()
+            kinds[event.kind.value] += 1
             conversion = conversions.get(event.event_id)
             if conversion is not None:
                 decision = "postback_owed" if conversion.postback_owed else "no_postback"
-                self.conversions.labels(decision=decision, reason=str(conversion.no_postback_reason or "")).inc()
+                decisions[decision, str(conversion.no_postback_reason or "")] += 1
+        for kind, count in kinds.items():
+            self.events_ingested.labels(kind=kind).inc(count)
+        for (decision, reason), count in decisions.items():
+            self.conversions.labels(decision=decision, reason=reason).inc(count)
 
     def record_attempts(self, log_rows: Iterable[Mapping[str, object]]) -> None:
         """After delivery-log rows commit: one count per row (one conversion's attempt), by network and status."""
-        for row in log_rows:
-            self.delivery_attempts.labels(network=str(row["network"]), outcome=str(row["status"])).inc()
+        counts = Tally((str(row["network"]), str(row["status"])) for row in log_rows)
+        for (network, status), count in counts.items():
+            self.delivery_attempts.labels(network=network, outcome=status).inc(count)
 
     def observe_request_latency(self, network: str, latency_ms: int) -> None:
         """Once per HTTP request to a network (the postbacks of a batch share one request)."""

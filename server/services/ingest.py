@@ -5,7 +5,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import or_, select, text, update
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.core import attribution
@@ -24,6 +24,7 @@ from server.services.conversions import (
     load_conversion_views,
 )
 from server.store.models import Delivery, Erasure, Event, Game, IdentityLink, PostbackConfig
+from server.store.queries import game_rows_matching
 
 _AWAITING_LATE_DATA = tuple(reason.value for reason in attribution.AWAITING_LATE_DATA)
 
@@ -245,18 +246,16 @@ def _player_keys(player: Player) -> set[str]:
 async def _load_history(session: AsyncSession, game_id: str, user_ids: set[str], anonymous_ids: set[str],
                         emails: set[str]) -> _History:
     history = _History()
-    link_rows = (await session.execute(select(IdentityLink).where(
-        IdentityLink.game_id == game_id,
-        or_(IdentityLink.user_id.in_(user_ids), IdentityLink.anonymous_id.in_(anonymous_ids),
-            IdentityLink.email_sha256.in_(emails)),
-    ))).scalars().all()
+
+    def links_of(users: set[str]):  # type: ignore[no-untyped-def]
+        return select(IdentityLink).where(game_rows_matching(
+            IdentityLink.game_id, game_id, (IdentityLink.user_id, users),
+            (IdentityLink.anonymous_id, anonymous_ids), (IdentityLink.email_sha256, emails)))
+
+    link_rows = (await session.execute(links_of(user_ids))).scalars().all()
     users = user_ids | {link.user_id for link in link_rows}
     if users - user_ids:  # a user reached through an anonymous id brings that user's other devices
-        link_rows = (await session.execute(select(IdentityLink).where(
-            IdentityLink.game_id == game_id,
-            or_(IdentityLink.user_id.in_(users), IdentityLink.anonymous_id.in_(anonymous_ids),
-                IdentityLink.email_sha256.in_(emails)),
-        ))).scalars().all()
+        link_rows = (await session.execute(links_of(users))).scalars().all()
     for link in link_rows:
         if link.anonymous_id:
             history.add_link(link.anonymous_id, link.user_id)
@@ -264,19 +263,19 @@ async def _load_history(session: AsyncSession, game_id: str, user_ids: set[str],
             history.emails_of_user.setdefault(link.user_id, set()).add((link.email_sha256, link.email_sha256_reddit))
     anons = anonymous_ids | set(history.users_of_anonymous)
     emails = emails | {e for pairs in history.emails_of_user.values() for e, _ in pairs}
-    player_match = or_(Event.user_id.in_(users), Event.anonymous_id.in_(anons), Event.email_sha256.in_(emails))
     click_rows = await session.execute(
         select(Event.event_id, Event.network, Event.click_id, Event.event_time_us, Event.user_id,
                Event.anonymous_id, Event.email_sha256)
-        .where(Event.game_id == game_id, Event.kind == EventKind.AD_CLICK.value, Event.network.is_not(None),
-               player_match)
+        .where(game_rows_matching(Event.game_id, game_id, (Event.user_id, users), (Event.anonymous_id, anons),
+                                  (Event.email_sha256, emails)),
+               Event.kind == EventKind.AD_CLICK.value, Event.network.is_not(None))
     )
     for event_id, network, click_id, time_us, user_id, anonymous_id, email in click_rows:
         history.add_click(Click(event_id, Network(network), click_id, time_us, user_id, anonymous_id, email))
     launch_rows = await session.execute(
-        select(Event.user_id, Event.anonymous_id).where(
-            Event.game_id == game_id, Event.kind == EventKind.GAME_LAUNCH.value,
-            or_(Event.user_id.in_(users), Event.anonymous_id.in_(anons)))
+        select(Event.user_id, Event.anonymous_id)
+        .where(game_rows_matching(Event.game_id, game_id, (Event.user_id, users), (Event.anonymous_id, anons)),
+               Event.kind == EventKind.GAME_LAUNCH.value)
     )
     for user_id, anonymous_id in launch_rows:
         history.launched.update(_identity_keys(user_id, anonymous_id, None))
@@ -377,7 +376,7 @@ async def _store_and_attribute(ctx: ServiceContext, session: AsyncSession, game_
         deliveries = [_delivery_row(game_id, row_id, config_row_ids[config_id], now_us)
                       for event_id, row_id in row_ids for config_id in owed[event_id]]
     if any((e.kind == EventKind.AD_CLICK and e.network) or e.kind == EventKind.IDENTIFY for e in events):
-        redecided, more = await _reevaluate_recent(ctx, session, game_id, events, configs, config_row_ids,
+        redecided, more = await _reevaluate_recent(ctx, session, game_id, events, history, configs, config_row_ids,
                                                    lookback_us, now_us)
         deliveries += more
         for event_id in redecided:
@@ -389,27 +388,25 @@ async def _store_and_attribute(ctx: ServiceContext, session: AsyncSession, game_
 
 
 async def _reevaluate_recent(ctx: ServiceContext, session: AsyncSession, game_id: str, events: list[NewEvent],
-                             configs: list[Config], config_row_ids: dict[str, int], lookback_us: int,
-                             now_us: int) -> tuple[list[str], list[dict[str, object]]]:
+                             batch_history: _History, configs: list[Config], config_row_ids: dict[str, int],
+                             lookback_us: int, now_us: int) -> tuple[list[str], list[dict[str, object]]]:
     """Re-decides the recent conversions still awaiting late data, for the players a new click or identity touches.
     Returns the ids of the conversions whose decision changed and the deliveries they now owe."""
-    touched = await _load_history(
-        session, game_id,
-        {e.user_id for e in events if e.user_id},
-        {e.anonymous_id for e in events if e.anonymous_id},
-        {e.email_sha256 for e in events if e.email_sha256},
-    )
-    users = set(touched.anonymous_of_user) | {e.user_id for e in events if e.user_id}
-    anons = set(touched.users_of_anonymous) | {e.anonymous_id for e in events if e.anonymous_id}
+    users = set(batch_history.anonymous_of_user) | {e.user_id for e in events if e.user_id}
+    anons = set(batch_history.users_of_anonymous) | {e.anonymous_id for e in events if e.anonymous_id}
     emails = {e.email_sha256 for e in events if e.email_sha256}
     grace_us = int(ctx.settings.attribution_grace_s * 1_000_000)
-    candidates = (await session.execute(select(Event).where(
-        Event.game_id == game_id,
+    # Plain rows, not ORM objects: nothing here needs identity tracking, and it costs per object.
+    candidates = (await session.execute(select(
+        Event.id, Event.event_id, Event.kind, Event.event_time_us, Event.receive_time_us, Event.user_id,
+        Event.anonymous_id, Event.email_sha256, Event.email_sha256_reddit, Event.no_postback_reason,
+    ).where(
+        game_rows_matching(Event.game_id, game_id, (Event.user_id, users), (Event.anonymous_id, anons),
+                           (Event.email_sha256, emails)),
         Event.kind.in_(CONVERSION_KINDS),
         Event.no_postback_reason.in_(_AWAITING_LATE_DATA),
         Event.receive_time_us >= now_us - grace_us,
-        or_(Event.user_id.in_(users), Event.anonymous_id.in_(anons), Event.email_sha256.in_(emails)),
-    ).order_by(Event.id))).scalars().all()
+    ).order_by(Event.id))).all()
     if not candidates:
         return [], []
     history = await _load_history(
@@ -419,6 +416,7 @@ async def _reevaluate_recent(ctx: ServiceContext, session: AsyncSession, game_id
         {c.email_sha256 for c in candidates if c.email_sha256},
     )
     redecided: list[str] = []
+    changes: list[dict[str, object]] = []
     deliveries: list[dict[str, object]] = []
     for conversion in candidates:
         if not attribution.can_reevaluate(NoPostbackReason(conversion.no_postback_reason), conversion.receive_time_us,
@@ -432,12 +430,16 @@ async def _reevaluate_recent(ctx: ServiceContext, session: AsyncSession, game_id
                                   is_first_launch=True)
         if decision.reason and decision.reason.value == conversion.no_postback_reason:
             continue
-        await session.execute(
-            update(Event).where(Event.id == conversion.id)
-            .values(**_decision_columns(decision, now_us), email_sha256=tiktok_email, email_sha256_reddit=reddit_email)
-        )
+        changes.append({"row_id": conversion.id, **_decision_columns(decision, now_us), "email_sha256": tiktok_email,
+                        "email_sha256_reddit": reddit_email})
         redecided.append(conversion.event_id)
         deliveries += [_delivery_row(game_id, conversion.id, config_row_ids[c], now_us) for c in decision.owed_config_ids]
+    if changes:
+        events_table = Event.__table__
+        await session.execute(
+            events_table.update().where(events_table.c.id == bindparam("row_id")).values(
+                {column: bindparam(column) for column in changes[0] if column != "row_id"}),
+            changes)
     return redecided, deliveries
 
 
