@@ -155,7 +155,25 @@ class JsonNumber:
 
 def encode_json(value: Any) -> bytes:
     """Compact UTF-8 JSON (separators ',' and ':'), writing JsonNumber values verbatim."""
-    return _json_text(value).encode("utf-8")
+    try:
+        # The C encoder, with each JsonNumber handed over as the int or float that it writes digit for digit.
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_same_digits)
+    except _NoSameDigits:
+        text = _json_text(value)
+    return text.encode("utf-8")
+
+
+class _NoSameDigits(Exception):
+    pass
+
+
+def _same_digits(item: Any) -> int | float:
+    if not isinstance(item, JsonNumber):
+        raise TypeError(f"{type(item).__name__} is not JSON serialisable")
+    number = int(item.text) if item.text.lstrip("-").isdigit() else float(item.text)
+    if repr(number) != item.text:  # e.g. 1e-06 for 0.000001, or more digits than a float holds
+        raise _NoSameDigits
+    return number
 
 
 def _json_text(value: Any) -> str:

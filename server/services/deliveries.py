@@ -4,9 +4,10 @@ import logging
 import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from sqlalchemy import ColumnElement, and_, func, insert, not_, or_, select, update
+from sqlalchemy import ColumnElement, Row, and_, bindparam, func, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.core import reddit
@@ -171,14 +172,16 @@ async def _lease_batch(ctx: ServiceContext, session: AsyncSession, owner_id: str
     network = Network(config.network)
     target = Target(config.id, config.game_id, config.config_id, config.display_name, network,
                     NetworkCredentials(access_token=token, pixel_id=config.pixel_id))
+    # Plain rows (attribute access like the model's) rather than ORM objects: a batch has up to 1000 of them.
+    events = Event.__table__.c
     conversions = {e.id: e for e in (await session.execute(
-        select(Event).where(Event.id.in_([event_row_id for _, event_row_id, _, _ in leased]))
-    )).scalars()}
+        select(Event.__table__).where(events.id.in_([event_row_id for _, event_row_id, _, _ in leased]))
+    ))}
     click_event_ids = {c.attributed_click_event_id for c in conversions.values() if c.attributed_click_event_id}
     clicks = {c.event_id: c for c in (await session.execute(
-        select(Event).where(Event.game_id == config.game_id, Event.event_id.in_(click_event_ids),
-                            Event.kind == EventKind.AD_CLICK.value)
-    )).scalars()} if click_event_ids else {}
+        select(Event.__table__).where(events.game_id == config.game_id, events.event_id.in_(click_event_ids),
+                                      events.kind == EventKind.AD_CLICK.value)
+    ))} if click_event_ids else {}
     claimed: list[ClaimedDelivery] = []
     for delivery_id, event_row_id, attempt_count, first_attempt_us in leased:
         conversion = conversions[event_row_id]
@@ -200,7 +203,7 @@ def _unsendable_reason(network: Network, event: PostbackEvent, now_us: int, firs
     return None
 
 
-def postback_event(conversion: Event, click: Event | None) -> PostbackEvent:
+def postback_event(conversion: Row[Any], click: Row[Any] | None) -> PostbackEvent:
     """The conversion as the adapters see it: its own match keys, falling back to its attributed click's."""
     return PostbackEvent(
         dedup_id=conversion.event_id,
@@ -244,19 +247,29 @@ async def record_attempts(ctx: ServiceContext, owner_id: str, target: Target, at
     for attempt in attempts:
         per_delivery.setdefault(attempt.delivery.delivery_id, []).append(attempt)
     async with ctx.db.transaction() as session:
-        rows = {row.id: row for row in (await session.execute(
-            _lockable_rows(ctx, select(Delivery).where(Delivery.id.in_(per_delivery)))
-        )).scalars()}
+        rows = {row.id: row for row in (await session.execute(_lockable_rows(ctx, select(
+            Delivery.id, Delivery.state, Delivery.lease_owner, Delivery.first_attempt_time_us,
+        ).where(Delivery.id.in_(per_delivery)))))}
         log_rows: list[dict[str, object]] = []
+        changes: list[dict[str, object]] = []
         for delivery_id, its_attempts in per_delivery.items():
             row = rows.get(delivery_id)
             if row is None:
                 log.info("postback %d of %s was erased while in flight; its outcome is not recorded",
                          delivery_id, target.name)
                 continue
-            log_rows += _settle(ctx, policy, owner_id, target, row, its_attempts)
+            change, its_log_rows = _settle(ctx, policy, owner_id, target, row, its_attempts)
+            log_rows += its_log_rows
+            if change:
+                changes.append(change)
+        if changes:
+            table = Delivery.__table__
+            await session.execute(
+                table.update().where(table.c.id == bindparam("delivery_id"))
+                .values({column: bindparam(column) for column in changes[0] if column != "delivery_id"}),
+                changes)
         if log_rows:
-            await session.execute(insert(DeliveryLog), log_rows)
+            await session.execute(DeliveryLog.__table__.insert(), log_rows)
         await _update_health(session, target.row_id, attempts)
     if log_rows:
         ctx.delivery_logs_written()
@@ -267,9 +280,10 @@ def _lockable_rows(ctx: ServiceContext, query):  # type: ignore[no-untyped-def]
     return query if ctx.db.is_sqlite else query.with_for_update()
 
 
-def _settle(ctx: ServiceContext, policy: RetryPolicy, owner_id: str, target: Target, row: Delivery,
-            attempts: list[Attempt]) -> list[dict[str, object]]:
-    """The delivery's next state after these attempts (the last one decides); returns their log rows."""
+def _settle(ctx: ServiceContext, policy: RetryPolicy, owner_id: str, target: Target, row: Row[Any],
+            attempts: list[Attempt]) -> tuple[dict[str, object] | None, list[dict[str, object]]]:
+    """The delivery's next state after these attempts (the last one decides), as column values, or None when
+    another party holds it now; and the attempts' log rows."""
     first = attempts[0]
     event = first.delivery.event
     last = attempts[-1]
@@ -285,19 +299,27 @@ def _settle(ctx: ServiceContext, policy: RetryPolicy, owner_id: str, target: Tar
         next_attempt_us, give_up = decision.next_attempt_us, decision.give_up_reason
         if give_up:
             status = AttemptStatus.FAILED
+    change: dict[str, object] | None = None
     if row.lease_owner == owner_id and row.state == DeliveryState.PENDING.value:
-        row.attempt_count = final_number
-        row.first_attempt_time_us = first_attempt_us
-        row.last_attempt_time_us = last.attempt_time_us
-        row.lease_owner = row.lease_expire_time_us = None
         if status is AttemptStatus.SUCCESS:
-            row.state, row.last_error = DeliveryState.SUCCEEDED.value, None
+            state, last_error = DeliveryState.SUCCEEDED, None
         elif status is AttemptStatus.RETRIED:
-            row.state, row.last_error = DeliveryState.PENDING.value, describe(c)
-            row.next_attempt_time_us = next_attempt_us  # type: ignore[assignment]
+            state, last_error = DeliveryState.PENDING, describe(c)
         else:
-            row.state = DeliveryState.FAILED.value
-            row.last_error = f"{give_up} (last reply: {describe(c)})" if give_up else describe(c)
+            state = DeliveryState.FAILED
+            last_error = f"{give_up} (last reply: {describe(c)})" if give_up else describe(c)
+        change = {
+            "delivery_id": row.id,
+            "state": state.value,
+            "last_error": last_error,
+            "attempt_count": final_number,
+            "first_attempt_time_us": first_attempt_us,
+            "last_attempt_time_us": last.attempt_time_us,
+            # Only a pending delivery is ever due; for the others this keeps when it stopped being due.
+            "next_attempt_time_us": next_attempt_us or last.attempt_time_us,
+            "lease_owner": None,
+            "lease_expire_time_us": None,
+        }
     else:
         log.warning("lost the lease on postback %d of %s while sending; logging the attempt, leaving its state",
                     row.id, target.name)
@@ -328,7 +350,7 @@ def _settle(ctx: ServiceContext, policy: RetryPolicy, owner_id: str, target: Tar
             "conversion_event_id": event.dedup_id,
             "next_attempt_time_us": next_attempt_us if is_last else attempts[index + 1].attempt_time_us,
         })
-    return log_rows
+    return change, log_rows
 
 
 async def _update_health(session: AsyncSession, config_row_id: int, attempts: Sequence[Attempt]) -> None:
