@@ -1,5 +1,6 @@
 """Who may call what: an interceptor that checks each call's API key against the method's scope and game."""
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -66,13 +67,19 @@ class GrantCache:
         self._ttl_s = ttl_s
         self._clock = clock
         self._entries: dict[str, tuple[Grant | None, float]] = {}
+        self._pending: dict[str, asyncio.Future[Grant | None]] = {}
 
     async def get(self, key_sha256: str) -> Grant | None:
         now = self._clock()
         entry = self._entries.get(key_sha256)
         if entry is not None and entry[1] > now:
             return entry[0]
-        grant = await self._lookup(key_sha256)
+        # One lookup per key at a time: when an entry expires under load, the waiting calls share it.
+        pending = self._pending.get(key_sha256)
+        if pending is None:
+            pending = self._pending[key_sha256] = asyncio.ensure_future(self._lookup(key_sha256))
+            pending.add_done_callback(lambda _: self._pending.pop(key_sha256, None))
+        grant = await asyncio.shield(pending)
         if len(self._entries) >= self.MAX_ENTRIES:
             # Callers inventing keys must not grow memory without bound; the real keys come back on their next call.
             self._entries.clear()
@@ -87,10 +94,10 @@ def _request_field(request: Any, path: str) -> str:
     return value  # type: ignore[no-any-return]
 
 
-def _authorization(details: grpc.HandlerCallDetails) -> str | None:
-    for name, value in details.invocation_metadata or ():
+def _call_key(context: grpc.aio.ServicerContext) -> str | None:
+    for name, value in context.invocation_metadata() or ():
         if name == "authorization":
-            return value  # type: ignore[no-any-return]
+            return bearer_key(value)
     return None
 
 
@@ -104,25 +111,31 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._development_mode = development_mode
         self._max_streams_per_key = max_streams_per_key
         self._open_streams: Counter[str] = Counter()
+        self._guarded: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        if method in self._guarded:  # built once per method: the key is read from each call's own metadata
+            return self._guarded[method]
+        handler = await continuation(handler_call_details)
         if handler is None or method.startswith(_OPEN_PREFIXES):
             return handler
         rule = METHOD_RULES.get(method)
         if rule is None or handler.request_streaming:
             return None  # fails closed: a method without a rule is not served at all (UNIMPLEMENTED)
-        key = bearer_key(_authorization(handler_call_details))
+        self._guarded[method] = self._guard(handler, rule)
+        return self._guarded[method]
+
+    def _guard(self, handler: grpc.RpcMethodHandler, rule: MethodRule) -> grpc.RpcMethodHandler:
         if handler.unary_unary:
             inner_unary = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await self._authorize(key, rule, request)
+                await self._authorize(_call_key(context), rule, request)
                 return await inner_unary(request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
@@ -130,7 +143,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         inner_stream = handler.unary_stream
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            grant = await self._authorize(key, rule, request)
+            grant = await self._authorize(_call_key(context), rule, request)
             if self._open_streams[grant.key_id] >= self._max_streams_per_key:
                 raise ResourceExhausted(
                     f"too many open streams for this API key: {self._max_streams_per_key} at once is the limit per "
