@@ -11,6 +11,10 @@ from typing import Any
 from server.core.types import AttemptStatus, EventType
 
 MAX_MESSAGE_CHARS = 200
+# The save-time credential check's synthetic event: a recognisable dedup id, and a well-formed email match key
+# whose .invalid domain never belongs to a real person.
+VALIDATION_DEDUP_PREFIX = "postbacks-credential-check-"
+VALIDATION_EMAIL = "credential-check@postbacks.invalid"
 
 
 @dataclass(frozen=True, slots=True)

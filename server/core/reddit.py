@@ -6,6 +6,8 @@ from urllib.parse import quote
 
 from server.core.hashing import canonical_ip, hash_email_reddit, hash_external_id, sha256_hex
 from server.core.postback import (
+    VALIDATION_DEDUP_PREFIX,
+    VALIDATION_EMAIL,
     Classification,
     HttpRequest,
     JsonNumber,
@@ -29,9 +31,6 @@ EVENT_TYPES: Mapping[EventType, Mapping[str, str]] = {
     EventType.GAME_LAUNCH: {"tracking_type": "CUSTOM", "custom_event_name": "game_launch"},
     EventType.PURCHASE: {"tracking_type": "PURCHASE"},
 }
-VALIDATION_DEDUP_PREFIX = "postbacks-credential-check-"
-# Reddit needs a click id or an email; a hashed .invalid address is well-formed and matches nobody.
-VALIDATION_EMAIL = "credential-check@postbacks.invalid"
 
 
 def conversion_path(pixel_id: str) -> str:

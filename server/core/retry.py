@@ -104,19 +104,3 @@ def decide_retry(
     if horizon > now_us and horizon >= now_us + round(minimum_delay_s * US_PER_S):
         return RetryDecision(next_attempt_us=horizon, give_up_reason=None)
     return RetryDecision(next_attempt_us=None, give_up_reason=give_up_reason(network))
-
-
-def next_attempt_time_us(
-    policy: RetryPolicy,
-    network: Network,
-    attempt_number: int,
-    now_us: int,
-    first_attempt_us: int,
-    event_time_us: int,
-    retry_after_s: float | None,
-    rand: float,
-) -> int | None:
-    """Unix microseconds of the next attempt, or None to give up (reason: give_up_reason(network))."""
-    return decide_retry(
-        policy, network, attempt_number, now_us, first_attempt_us, event_time_us, retry_after_s, rand
-    ).next_attempt_us

@@ -5,6 +5,8 @@ from typing import Any
 
 from server.core.hashing import hash_email_tiktok, hash_external_id
 from server.core.postback import (
+    VALIDATION_DEDUP_PREFIX,
+    VALIDATION_EMAIL,
     Classification,
     HttpRequest,
     JsonNumber,
@@ -27,9 +29,6 @@ EVENT_NAMES: Mapping[EventType, str] = {
     EventType.GAME_LAUNCH: "CompleteRegistration",
     EventType.PURCHASE: "Purchase",
 }
-VALIDATION_DEDUP_PREFIX = "postbacks-credential-check-"
-# Gives the synthetic validation event a well-formed match key; .invalid never belongs to a real person.
-VALIDATION_EMAIL = "credential-check@postbacks.invalid"
 
 CODE_OK = 0
 CODE_OK_WITH_WARNING = 20001

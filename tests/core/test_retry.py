@@ -9,7 +9,6 @@ from server.core.retry import (
     decide_retry,
     give_up_reason,
     horizon_us,
-    next_attempt_time_us,
     past_network_window,
 )
 from server.core.types import Network
@@ -32,7 +31,7 @@ def schedule(
     rand: float = 0.0,
     policy: RetryPolicy = NO_JITTER,
 ) -> int | None:
-    return next_attempt_time_us(policy, network, attempt, now, first, event, retry_after_s, rand)
+    return decide_retry(policy, network, attempt, now, first, event, retry_after_s, rand).next_attempt_us
 
 
 @pytest.mark.parametrize(
