@@ -114,22 +114,32 @@ async def claim_due(ctx: ServiceContext, owner_id: str, *, max_batches: int, bat
     lease_until_us = now_us + round(ctx.settings.dispatch_lease_s * US_PER_S)
     batch_size = max(1, min(batch_size, MAX_BATCH_SIZE))
     async with ctx.db.transaction() as session:
-        for reason, inactive in ((CONFIG_DELETED, PostbackConfig.delete_time_us.is_not(None)),
-                                 (CONFIG_DISABLED, not_(PostbackConfig.enabled))):
-            inactive_due = select(Delivery.id).where(
-                _due(now_us), Delivery.config_row_id.in_(select(PostbackConfig.id).where(inactive)))
-            await session.execute(
-                update(Delivery).where(Delivery.id.in_(_lockable(ctx, inactive_due)))
-                .values(state=DeliveryState.CANCELLED.value, last_error=reason, **_clear_lease())
-                .execution_options(synchronize_session=False)
-            )
+        # Disabling a config keeps its postbacks until they come due; then they are cancelled, not sent.
+        inactive = (await session.execute(
+            select(PostbackConfig.id, PostbackConfig.delete_time_us).where(not_(PostbackConfig.enabled)))).all()
+        for reason, inactive_ids in (
+                (CONFIG_DELETED, [c.id for c in inactive if c.delete_time_us is not None]),
+                (CONFIG_DISABLED, [c.id for c in inactive if c.delete_time_us is None])):
+            if inactive_ids:
+                inactive_due = select(Delivery.id).where(Delivery.config_row_id.in_(inactive_ids), _due(now_us))
+                await session.execute(
+                    update(Delivery).where(Delivery.id.in_(_lockable(ctx, inactive_due)))
+                    .values(state=DeliveryState.CANCELLED.value, last_error=reason, **_clear_lease())
+                    .execution_options(synchronize_session=False)
+                )
+        # One index probe per active config on (config, state, next attempt), oldest due first: grouping every
+        # pending delivery by config instead cost more than the sends once the outbox held a large backlog.
         busy = list(skip_config_row_ids)
+        oldest_due = (select(Delivery.next_attempt_time_us)
+                      .where(Delivery.config_row_id == PostbackConfig.id, _due(now_us))
+                      .order_by(Delivery.next_attempt_time_us).limit(1).scalar_subquery())
+        active = (select(PostbackConfig.id.label("config_row_id"), oldest_due.label("due_us"))
+                  .where(PostbackConfig.enabled, PostbackConfig.delete_time_us.is_(None),
+                         PostbackConfig.id.not_in(busy))
+                  .subquery())
         config_row_ids = (await session.execute(
-            select(Delivery.config_row_id)
-            .where(_due(now_us), Delivery.config_row_id.not_in(busy))
-            .group_by(Delivery.config_row_id)
-            .order_by(func.min(Delivery.next_attempt_time_us))
-            .limit(max_batches)
+            select(active.c.config_row_id).where(active.c.due_us.is_not(None))
+            .order_by(active.c.due_us).limit(max_batches)
         )).scalars().all() if max_batches > 0 else []
         batches = []
         for config_row_id in config_row_ids:

@@ -123,7 +123,8 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("event_row_id", "config_row_id", name="uq_deliveries_event_config"),
         Index("ix_deliveries_due", "state", "next_attempt_time_us"),
-        Index("ix_deliveries_config", "config_row_id"),
+        # A config's due work, oldest first: what the dispatcher claims, and what a disabled config cancels.
+        Index("ix_deliveries_config_due", "config_row_id", "state", "next_attempt_time_us"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)

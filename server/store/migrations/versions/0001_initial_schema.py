@@ -180,7 +180,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("event_row_id", "config_row_id", name="uq_deliveries_event_config"),
     )
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
-        batch_op.create_index("ix_deliveries_config", ["config_row_id"], unique=False)
+        batch_op.create_index(
+            "ix_deliveries_config_due", ["config_row_id", "state", "next_attempt_time_us"], unique=False
+        )
         batch_op.create_index("ix_deliveries_due", ["state", "next_attempt_time_us"], unique=False)
 
 
@@ -188,7 +190,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.drop_index("ix_deliveries_due")
-        batch_op.drop_index("ix_deliveries_config")
+        batch_op.drop_index("ix_deliveries_config_due")
 
     op.drop_table("deliveries")
     op.drop_table("postback_configs")
