@@ -67,8 +67,8 @@ def _trigger_events(values, field_path: str, violations: Violations) -> frozense
 
 def _display_name(value: str, field_path: str, violations: Violations) -> str:
     value = value.strip()
-    if len(value) > MAX_DISPLAY_NAME:
-        violations.add(field_path, f"must be at most {MAX_DISPLAY_NAME} characters")
+    if problem := translate.text_problem(value, MAX_DISPLAY_NAME):
+        violations.add(field_path, problem)
     return value
 
 

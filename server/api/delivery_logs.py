@@ -72,8 +72,8 @@ def list_request_from_proto(request: pb.ListDeliveryLogsRequest) -> tuple[LogSel
     violations = Violations()
     selection = _selection(request.parent, request.statuses, request.event_types, violations)
     span_us = _preset_span(request.time_range, violations)
-    start_us = translate.timestamp_to_us(request.start_time) if request.HasField("start_time") else None
-    end_us = translate.timestamp_to_us(request.end_time) if request.HasField("end_time") else None
+    start_us = translate.optional_timestamp_to_us(request, "start_time", violations)
+    end_us = translate.optional_timestamp_to_us(request, "end_time", violations)
     if request.time_range and (start_us is not None or end_us is not None):
         violations.add("time_range", "is exclusive with start_time and end_time: give a preset or explicit bounds")
     if start_us is not None and end_us is not None and start_us >= end_us:
@@ -86,7 +86,7 @@ def stream_request_from_proto(request: pb.StreamDeliveryLogsRequest) -> tuple[Lo
     violations = Violations()
     selection = _selection(request.parent, request.statuses, request.event_types, violations)
     span_us = _preset_span(request.time_range, violations)
-    start_us = translate.timestamp_to_us(request.start_time) if request.HasField("start_time") else None
+    start_us = translate.optional_timestamp_to_us(request, "start_time", violations)
     if request.time_range and start_us is not None:
         violations.add("time_range", "is exclusive with start_time")
     if request.resume_token and (request.time_range or start_us is not None):

@@ -18,8 +18,8 @@ def erasure_from_proto(request: pb.DeleteUserDataRequest) -> tuple[str, ErasureR
     user_id = request.user_id.strip()
     anonymous_id = request.anonymous_id.strip()
     for field_path, value in (("user_id", user_id), ("anonymous_id", anonymous_id)):
-        if len(value) > translate.MAX_ID_LENGTH:
-            violations.add(field_path, f"must be at most {translate.MAX_ID_LENGTH} characters")
+        if problem := translate.text_problem(value, translate.MAX_ID_LENGTH):
+            violations.add(field_path, problem)
     email_sha256 = None
     if request.email:
         if len(request.email) > translate.MAX_EMAIL_LENGTH or not hashing.looks_like_email(request.email):

@@ -31,6 +31,10 @@ MAX_BATCH_EVENTS = 1000
 _GAME_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
 _RESOURCE_ID = r"[a-z0-9][a-z0-9-]{0,62}"
 _EVENT_ID = r"[^/\x00-\x1f]{1,128}"
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
+# The range google.protobuf.Timestamp allows, 0001-01-01 to 9999-12-31: in microseconds it fits a BIGINT.
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
 
 NETWORK_TO_PROTO = {Network.TIKTOK: network_pb2.NETWORK_TIKTOK, Network.REDDIT: network_pb2.NETWORK_REDDIT}
 NETWORK_FROM_PROTO = {v: k for k, v in NETWORK_TO_PROTO.items()}
@@ -91,6 +95,17 @@ def timestamp_to_us(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * 1_000_000 + ts.nanos // 1000
 
 
+def optional_timestamp_to_us(msg, field_name: str, violations: Violations) -> int | None:  # type: ignore[no-untyped-def]
+    """A request's Timestamp field in microseconds, None when unset; refused outside Timestamp's own range."""
+    if not msg.HasField(field_name):
+        return None
+    ts = getattr(msg, field_name)
+    if not (MIN_TIMESTAMP_SECONDS <= ts.seconds <= MAX_TIMESTAMP_SECONDS and 0 <= ts.nanos < 1_000_000_000):
+        violations.add(field_name, "must be a valid timestamp from 0001-01-01 to 9999-12-31")
+        return None
+    return timestamp_to_us(ts)
+
+
 def us_to_timestamp(us: int | None) -> timestamp_pb2.Timestamp | None:
     if us is None:
         return None
@@ -113,10 +128,20 @@ def us_to_duration(us: int) -> duration_pb2.Duration:
 
 # --- events -----------------------------------------------------------------------------------------------------
 
+def text_problem(value: str, limit: int) -> str | None:
+    """Why a (trimmed) text field is refused, or None. No id, URL, user agent or name holds a control character,
+    and PostgreSQL cannot store NUL at all."""
+    if len(value) > limit:
+        return f"must be at most {limit} characters"
+    if _CONTROL_CHARACTER.search(value):
+        return "must not contain control characters"
+    return None
+
+
 def _optional_text(value: str, field_path: str, limit: int, violations: Violations) -> str | None:
     value = value.strip()
-    if len(value) > limit:
-        violations.add(field_path, f"must be at most {limit} characters")
+    if problem := text_problem(value, limit):
+        violations.add(field_path, problem)
     return value or None
 
 

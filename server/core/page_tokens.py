@@ -30,4 +30,6 @@ def decode(token: str, query: str) -> int:
         raise ValueError("is not a token this service issued") from None
     if not isinstance(cursor, int) or token_query != query:
         raise ValueError("was issued for a different parent or different filters")
+    if not 0 <= cursor < 2**63:  # a hand-made token must not reach the database as an out-of-range id
+        raise ValueError("is not a token this service issued")
     return cursor
