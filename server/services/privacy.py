@@ -2,13 +2,14 @@
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, delete, false, func, insert, or_, select, text
+from sqlalchemy import delete, func, insert, select, text
 
 from server.core.erasure import erasure_subject, subject_digests
 from server.core.types import DeliveryState
 from server.services.context import ServiceContext
 from server.services.conversions import CONVERSION_KINDS
 from server.store.models import Delivery, Erasure, Event, IdentityLink
+from server.store.queries import game_rows_matching
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +29,6 @@ class ErasureReport:
     cancelled_postback_count: int
 
 
-def _matching(columns: tuple[ColumnElement[str | None], ...], values: tuple[frozenset[str], ...]) -> ColumnElement[bool]:
-    terms = [column.in_(sorted(v)) for column, v in zip(columns, values, strict=True) if v]
-    return or_(*terms) if terms else false()
-
-
 async def delete_user_data(ctx: ServiceContext, game_id: str, request: ErasureRequest) -> ErasureReport:
     """Erases the player in one transaction and records the tombstones that make their later events owe nothing.
     Idempotent: a repeat finds nothing left to remove (only events that arrived since)."""
@@ -43,10 +39,11 @@ async def delete_user_data(ctx: ServiceContext, game_id: str, request: ErasureRe
             # after (and meets the tombstone). SQLite's single writer gives the same order.
             await session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:game))"), {"game": game_id})
         named = (request.user_id, request.anonymous_id, request.email_sha256)
-        first_hop = _matching((IdentityLink.user_id, IdentityLink.anonymous_id, IdentityLink.email_sha256),
-                              tuple(frozenset({v} if v else ()) for v in named))
+        link_columns = (IdentityLink.user_id, IdentityLink.anonymous_id, IdentityLink.email_sha256)
+        first_hop = game_rows_matching(IdentityLink.game_id, game_id,
+                                       *zip(link_columns, ({v} if v else set() for v in named), strict=True))
         links = (await session.execute(select(IdentityLink.anonymous_id, IdentityLink.user_id, IdentityLink.email_sha256)
-                                       .where(IdentityLink.game_id == game_id, first_hop))).all()
+                                       .where(first_hop))).all()
         users = erasure_subject(*named, links).user_ids
         if users:  # the users' own links bring their other devices and emails
             links += (await session.execute(
@@ -55,8 +52,8 @@ async def delete_user_data(ctx: ServiceContext, game_id: str, request: ErasureRe
         subject = erasure_subject(*named, links)
         identities = (subject.user_ids, subject.anonymous_ids, subject.email_hashes)
 
-        events = and_(Event.game_id == game_id,
-                      _matching((Event.user_id, Event.anonymous_id, Event.email_sha256), identities))
+        events = game_rows_matching(Event.game_id, game_id, *zip(
+            (Event.user_id, Event.anonymous_id, Event.email_sha256), identities, strict=True))
         conversions = await session.scalar(select(func.count()).select_from(Event).where(
             events, Event.kind.in_(CONVERSION_KINDS)))
         erased_event_rows = select(Event.id).where(events)
@@ -68,8 +65,8 @@ async def delete_user_data(ctx: ServiceContext, game_id: str, request: ErasureRe
         deleted_events = (await session.execute(
             delete(Event).where(events).execution_options(synchronize_session=False))).rowcount
         deleted_links = (await session.execute(
-            delete(IdentityLink).where(IdentityLink.game_id == game_id, _matching(
-                (IdentityLink.user_id, IdentityLink.anonymous_id, IdentityLink.email_sha256), identities))
+            delete(IdentityLink).where(game_rows_matching(
+                IdentityLink.game_id, game_id, *zip(link_columns, identities, strict=True)))
             .execution_options(synchronize_session=False))).rowcount
 
         digests = subject_digests(*identities)
