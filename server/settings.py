@@ -98,8 +98,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def from_namespace(namespace: argparse.Namespace) -> Settings:
     return Settings(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(Settings)})
 
-
-def from_environment() -> Settings:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return from_namespace(parser.parse_args([]))
