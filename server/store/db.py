@@ -1,5 +1,6 @@
 """Engine and session setup for SQLite (embedded default) and PostgreSQL, and schema migration on start."""
 
+import asyncio
 import contextlib
 import os
 import pathlib
@@ -39,13 +40,20 @@ class Database:
             self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
             read_engine = self.engine
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        self._write_turn = asyncio.Lock() if self.is_sqlite else None
         self._read_engine = read_engine
         self._read_sessions = async_sessionmaker(read_engine, expire_on_commit=False, autoflush=False)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One use case's transaction: commits when the block ends, rolls back when it raises."""
-        async with self.sessions() as session, session.begin():
+        if self._write_turn is None:
+            async with self.sessions() as session, session.begin():
+                yield session
+            return
+        # SQLite has one writer at a time. Writers of this process take turns here, handed over the moment the
+        # last one commits; left to SQLite's busy handler, a waiting writer sleeps in steps of up to 100 ms.
+        async with self._write_turn, self.sessions() as session, session.begin():
             yield session
 
     @contextlib.asynccontextmanager
