@@ -82,11 +82,9 @@ class Metrics:
         for (decision, reason), count in decisions.items():
             self.conversions.labels(decision=decision, reason=reason).inc(count)
 
-    def record_attempts(self, log_rows: Iterable[Mapping[str, object]]) -> None:
+    def count_attempts(self, network: str, status: str, count: int) -> None:
         """After delivery-log rows commit: one count per row (one conversion's attempt), by network and status."""
-        counts = Tally((str(row["network"]), str(row["status"])) for row in log_rows)
-        for (network, status), count in counts.items():
-            self.delivery_attempts.labels(network=network, outcome=status).inc(count)
+        self.delivery_attempts.labels(network=network, outcome=status).inc(count)
 
     def observe_request_latency(self, network: str, latency_ms: int) -> None:
         """Once per HTTP request to a network (the postbacks of a batch share one request)."""

@@ -34,6 +34,7 @@ class Settings:
     # Dispatcher.
     dispatch_batch_size: int = _setting(1000, "postbacks per network request (1 to 1000)")
     dispatch_concurrency: int = _setting(16, "network requests in flight at once")
+    dispatch_batches_per_config: int = _setting(4, "network requests in flight at once for one config")
     dispatch_lease_s: float = _setting(60.0, "how long a claimed postback is reserved for one dispatcher")
     dispatch_poll_s: float = _setting(1.0, "fallback poll interval for work committed by other processes")
     http_connect_timeout_s: float = _setting(5.0, "connect timeout for requests to the networks")

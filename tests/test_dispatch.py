@@ -303,6 +303,20 @@ async def test_a_config_whose_network_hangs_does_not_hold_up_another(app, channe
     assert await delivery_logs(app, "p-tiktok") == []  # still waiting on its network
 
 
+async def test_a_backlog_of_one_config_goes_out_as_several_requests_at_once(
+        tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(tmp_path, database_url, fake_network, dispatch_batch_size=2, dispatch_batches_per_config=3)
+    async with serving(settings) as (_, channel):
+        await h.create_config(channel, "g1", network=TIKTOK, pixel_id="CTMANY1")
+        fake_network.script("tiktok", [Reply.slow(60)] * 3, pixel_id="CTMANY1")
+        await batch_ingest(channel, "g1", [h.click("c1", user_id="u1", landing_url="https://game.example/?ttclid=TT-9")]
+                           + [h.purchase(f"p{i}", user_id="u1") for i in range(6)])
+
+        # The network holds every request; the dispatcher still has three of this config's batches out at once.
+        await wait_until(lambda: len(postback_requests(fake_network)) == 3)
+        assert sorted(sent_dedup_ids(fake_network)) == [f"p{i}" for i in range(6)]
+
+
 async def test_recording_an_attempt_for_an_erased_conversion_is_harmless(tmp_path, database_url, fake_network) -> None:
     async with serving(settings_for(tmp_path, database_url, fake_network, role="api")) as (app, channel):
         await h.create_config(channel, "g1", network=TIKTOK)

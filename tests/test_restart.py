@@ -48,8 +48,10 @@ async def convert(channel, user: str, network: int, event_id: str) -> None:  # t
 async def test_postbacks_pending_or_in_flight_at_an_abrupt_stop_are_sent_after_restart(
         tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
     # A short lease, so the restarted server takes over the dead one's claims quickly; a long HTTP timeout, so
-    # the held requests are still in flight when the first server stops.
-    settings = settings_for(tmp_path, database_url, fake_network, dispatch_lease_s=1.0, http_total_timeout_s=60.0)
+    # the held requests are still in flight when the first server stops; one batch per config at a time, so the
+    # later conversions are still pending then.
+    settings = settings_for(tmp_path, database_url, fake_network, dispatch_lease_s=1.0, http_total_timeout_s=60.0,
+                            dispatch_batches_per_config=1)
     first = App(settings)
     await first.start()
     try:

@@ -8,6 +8,7 @@ import os
 import secrets
 import socket
 import time
+from collections import Counter
 
 from server.core.postback import Outcome
 from server.core.types import Network
@@ -48,7 +49,9 @@ class TokenBucket:
 
 class Dispatcher:
     """One loop claims work; each claimed batch (one config) is sent by its own task, at most dispatch_concurrency
-    at once and one per config, so a config whose network is slow or down holds one slot and delays no other."""
+    at once and dispatch_batches_per_config of one config, so a config whose network is slow or down holds only
+    its own slots and delays no other. Several batches of a config in flight let the next claim and render
+    overlap the current send and its record, which is what a backlog or a steady stream needs."""
 
     def __init__(self, ctx: ServiceContext, network_client: NetworkClient, owner_id: str) -> None:
         self._ctx = ctx
@@ -57,7 +60,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._in_flight: dict[int, asyncio.Task[None]] = {}  # config row id -> its batch being sent
+        self._in_flight: dict[asyncio.Task[None], int] = {}  # a batch being sent -> its config row id
         self._buckets: dict[int, TokenBucket] = {}
 
     def start(self) -> None:
@@ -78,7 +81,7 @@ class Dispatcher:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
-        tasks = list(self._in_flight.values())
+        tasks = list(self._in_flight)
         if tasks and grace_s > 0:
             await asyncio.wait(tasks, timeout=grace_s)
         for task in tasks:
@@ -92,16 +95,19 @@ class Dispatcher:
             timeout_s = settings.dispatch_poll_s
             free = settings.dispatch_concurrency - len(self._in_flight)
             if free > 0:
+                per_config = Counter(self._in_flight.values())
+                full = [row_id for row_id, count in per_config.items() if count >= settings.dispatch_batches_per_config]
                 try:
                     claim = await deliveries.claim_due(self._ctx, self.owner_id, max_batches=free,
                                                        batch_size=settings.dispatch_batch_size,
-                                                       skip_config_row_ids=list(self._in_flight))
+                                                       skip_config_row_ids=full)
                 except Exception:
                     log.exception("claiming due postbacks failed; trying again in %.1fs", timeout_s)
                 else:
                     for batch in claim.batches:
-                        self._in_flight[batch.target.row_id] = asyncio.create_task(
-                            self._deliver(batch), name=f"deliver {batch.target.name}")
+                        task = asyncio.create_task(self._deliver(batch), name=f"deliver {batch.target.name}")
+                        self._in_flight[task] = batch.target.row_id
+                        task.add_done_callback(self._finished)
                     if claim.batches:
                         timeout_s = 0  # there may be more due work than one claim takes
                     elif claim.next_due_us is not None:
@@ -123,9 +129,10 @@ class Dispatcher:
         except Exception:
             log.exception("sending %d postbacks of %s failed; they are sent again once their lease expires",
                           len(batch.deliveries), target.name)
-        finally:
-            self._in_flight.pop(target.row_id, None)
-            self._wake.set()  # a slot is free, and this config may have more due work
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+        self._wake.set()  # a slot is free, and this config may have more due work
 
     async def _send(self, batch: Batch) -> list[Attempt]:
         target = batch.target
