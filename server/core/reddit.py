@@ -10,7 +10,6 @@ from server.core.postback import (
     VALIDATION_EMAIL,
     Classification,
     HttpRequest,
-    JsonNumber,
     NetworkCredentials,
     Outcome,
     PostbackEvent,
@@ -18,6 +17,7 @@ from server.core.postback import (
     decimal_units_text,
     encode_json,
     header_value,
+    json_number,
     parse_json_object,
     retry_after_seconds,
     short_message,
@@ -93,7 +93,7 @@ def _event_payload(event: PostbackEvent) -> dict[str, Any]:
     payload["user"] = user
     metadata: dict[str, Any] = {"conversion_id": event.dedup_id}
     if event.event_type is EventType.PURCHASE and event.value_micros is not None and event.currency:
-        metadata["value"] = JsonNumber(decimal_units_text(event.value_micros))
+        metadata["value"] = json_number(decimal_units_text(event.value_micros))
         metadata["currency"] = event.currency
     payload["metadata"] = metadata
     return payload

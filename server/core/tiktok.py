@@ -9,7 +9,6 @@ from server.core.postback import (
     VALIDATION_EMAIL,
     Classification,
     HttpRequest,
-    JsonNumber,
     NetworkCredentials,
     Outcome,
     PostbackEvent,
@@ -17,6 +16,7 @@ from server.core.postback import (
     decimal_units_text,
     encode_json,
     header_value,
+    json_number,
     parse_json_object,
     retry_after_seconds,
     short_message,
@@ -82,7 +82,7 @@ def _event_payload(event: PostbackEvent) -> dict[str, Any]:
     }
     if event.event_type is EventType.PURCHASE and event.value_micros is not None and event.currency:
         payload["properties"] = {
-            "value": JsonNumber(decimal_units_text(event.value_micros)),
+            "value": json_number(decimal_units_text(event.value_micros)),
             "currency": event.currency,
         }
     if event.landing_url:
