@@ -36,7 +36,9 @@ class Settings:
     dispatch_concurrency: int = _setting(16, "network requests in flight at once")
     dispatch_batches_per_config: int = _setting(4, "network requests in flight at once for one config")
     dispatch_lease_s: float = _setting(60.0, "how long a claimed postback is reserved for one dispatcher")
-    dispatch_poll_s: float = _setting(1.0, "fallback poll interval for work committed by other processes")
+    dispatch_poll_s: float = _setting(1.0, "longest sleep between claims when nothing is due")
+    dispatch_probe_s: float = _setting(0.05, "how often an idle dispatcher looks (one cheap read) for postbacks "
+                                             "another process committed")
     http_connect_timeout_s: float = _setting(5.0, "connect timeout for requests to the networks")
     http_total_timeout_s: float = _setting(20.0, "total timeout for one request to a network")
     rate_limit_per_config: float = _setting(50.0, "network requests per second per postback config")

@@ -317,6 +317,18 @@ async def test_a_backlog_of_one_config_goes_out_as_several_requests_at_once(
         assert sorted(sent_dedup_ids(fake_network)) == [f"p{i}" for i in range(6)]
 
 
+async def test_a_dispatcher_process_picks_up_what_an_api_process_commits_without_waiting_for_its_poll(
+        tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+    # A poll far longer than the wait below: only the cheap look for due work can explain a prompt delivery.
+    api = settings_for(tmp_path, database_url, fake_network, role="api", dispatch_poll_s=600.0)
+    async with serving(api) as (_, channel), running_app(api.replace(role="dispatcher", listen="127.0.0.1:0")):
+        await h.create_config(channel, "g1", network=TIKTOK)
+        await h.ingest(channel, "g1", h.click("c1", user_id="u1", landing_url="https://game.example/?ttclid=TT-10"))
+        await h.ingest(channel, "g1", h.purchase("p1", user_id="u1"))
+
+        await wait_until(lambda: sent_dedup_ids(fake_network) == ["p1"], timeout=5.0)
+
+
 async def test_recording_an_attempt_for_an_erased_conversion_is_harmless(tmp_path, database_url, fake_network) -> None:
     async with serving(settings_for(tmp_path, database_url, fake_network, role="api")) as (app, channel):
         await h.create_config(channel, "g1", network=TIKTOK)

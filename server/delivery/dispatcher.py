@@ -95,12 +95,10 @@ class Dispatcher:
             timeout_s = settings.dispatch_poll_s
             free = settings.dispatch_concurrency - len(self._in_flight)
             if free > 0:
-                per_config = Counter(self._in_flight.values())
-                full = [row_id for row_id, count in per_config.items() if count >= settings.dispatch_batches_per_config]
                 try:
                     claim = await deliveries.claim_due(self._ctx, self.owner_id, max_batches=free,
                                                        batch_size=settings.dispatch_batch_size,
-                                                       skip_config_row_ids=full)
+                                                       skip_config_row_ids=self._full_configs())
                 except Exception:
                     log.exception("claiming due postbacks failed; trying again in %.1fs", timeout_s)
                 else:
@@ -113,9 +111,33 @@ class Dispatcher:
                     elif claim.next_due_us is not None:
                         timeout_s = min(timeout_s, max(0.0, (claim.next_due_us - self._ctx.clock()) / 1e6))
             if timeout_s > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout_s):
-                        await self._wake.wait()
+                await self._idle(timeout_s)
+
+    async def _idle(self, timeout_s: float) -> None:
+        """Until woken in-process, the timeout passes, or a cheap read finds due postbacks committed by another
+        process (an API-only process beside this one): claiming is a write, so it is not what polls."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        probe_s = max(0.001, self._ctx.settings.dispatch_probe_s)
+        while (remaining := deadline - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(remaining, probe_s)):
+                    await self._wake.wait()
+                    return
+            if remaining > probe_s and await self._due_work_waits():
+                return
+
+    async def _due_work_waits(self) -> bool:
+        try:
+            return await deliveries.has_due_work(self._ctx, skip_config_row_ids=self._full_configs())
+        except Exception:
+            log.exception("looking for due postbacks failed")
+            return False
+
+    def _full_configs(self) -> list[int]:
+        """Configs with as many batches in flight here as one config may have."""
+        limit = self._ctx.settings.dispatch_batches_per_config
+        return [row_id for row_id, count in Counter(self._in_flight.values()).items() if count >= limit]
 
     async def _deliver(self, batch: Batch) -> None:
         target = batch.target
