@@ -132,6 +132,9 @@ def main() -> None:
                         help="memory: run the server under tracemalloc and write what grew to bench/profiles/")
     parser.add_argument("--ingest-role", default="api", choices=("api", "all"),
                         help="server role for the two ingest benchmarks (default api: ingest measured alone)")
+    parser.add_argument("--latency-roles", default="all", choices=("all", "split"),
+                        help="latency: one server process (all, the default) or an API process beside a "
+                             "dispatcher process (split) on the same database")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (server logs, databases) and print where it is")
     parser.add_argument("--results", type=pathlib.Path,
@@ -152,6 +155,8 @@ def main() -> None:
             argv += ["--database-url", args.database_url]
         if args.ingest_role != "api" and name.startswith("ingest"):
             argv += ["--ingest-role", args.ingest_role]
+        if args.latency_roles != "all" and name == "latency":
+            argv += ["--latency-roles", args.latency_roles]
         return shlex.join(argv)
 
     with contextlib.ExitStack() as stack:
@@ -161,7 +166,8 @@ def main() -> None:
         else:
             work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="postbacks-bench-"))
         opts = Options(quick=args.quick, database_url=args.database_url, work_dir=pathlib.Path(work_dir),
-                       profile=args.profile, sql_profile=args.sql_profile, trace_memory=args.trace_memory, ingest_role=args.ingest_role, command=command)
+                       profile=args.profile, sql_profile=args.sql_profile, trace_memory=args.trace_memory,
+                       ingest_role=args.ingest_role, latency_roles=args.latency_roles, command=command)
         try:
             import uvloop
 
