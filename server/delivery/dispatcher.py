@@ -124,12 +124,14 @@ class Dispatcher:
                 async with asyncio.timeout(min(remaining, probe_s)):
                     await self._wake.wait()
                     return
-            if remaining > probe_s and await self._due_work_waits():
+            # With batches in flight the next one to finish wakes the loop, which claims then; looking meanwhile
+            # would walk a config's whole leased backlog on the index.
+            if remaining > probe_s and not self._in_flight and await self._due_work_waits():
                 return
 
     async def _due_work_waits(self) -> bool:
         try:
-            return await deliveries.has_due_work(self._ctx, skip_config_row_ids=self._full_configs())
+            return await deliveries.has_due_work(self._ctx)
         except Exception:
             log.exception("looking for due postbacks failed")
             return False

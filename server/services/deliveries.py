@@ -184,12 +184,10 @@ async def claim_due(ctx: ServiceContext, owner_id: str, *, max_batches: int, bat
     return Claim(batches, next_due_us)
 
 
-async def has_due_work(ctx: ServiceContext, *, skip_config_row_ids: Collection[int] = ()) -> bool:
+async def has_due_work(ctx: ServiceContext) -> bool:
     """Whether anything is due to send that a claim could take: one read on the (state, due time) index."""
     async with ctx.db.snapshot() as session:
-        return await session.scalar(
-            select(Delivery.id).where(_due(ctx.clock()), Delivery.config_row_id.not_in(list(skip_config_row_ids)))
-            .limit(1)) is not None
+        return await session.scalar(select(Delivery.id).where(_due(ctx.clock())).limit(1)) is not None
 
 
 def _lockable(ctx: ServiceContext, query):  # type: ignore[no-untyped-def]
