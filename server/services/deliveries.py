@@ -163,8 +163,10 @@ async def claim_due(ctx: ServiceContext, owner_id: str, *, max_batches: int, bat
         # Only the leases are taken under the write lock; the batches' contents are read after it is released.
         leased = {config_row_id: rows for config_row_id in config_row_ids
                   if (rows := await _lease(ctx, session, owner_id, config_row_id, now_us, lease_until_us, batch_size))}
-        configs = (await session.execute(select(PostbackConfig).where(PostbackConfig.id.in_(leased)))).scalars().all()
-        next_due_us = await session.scalar(
+        configs = (await session.execute(
+            select(PostbackConfig).where(PostbackConfig.id.in_(leased)))).scalars().all() if leased else []
+        # Only a claim that found nothing sleeps until the next due time; one that found work claims again at once.
+        next_due_us = None if leased else await session.scalar(
             select(func.min(Delivery.next_attempt_time_us)).where(
                 Delivery.state == DeliveryState.PENDING.value, Delivery.next_attempt_time_us > now_us,
                 Delivery.config_row_id.not_in(busy))
