@@ -1,8 +1,17 @@
 """Query fragments shared by use cases."""
 
+import json
 from collections.abc import Collection
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false, or_
+from sqlalchemy import Boolean, ColumnElement, String, and_, bindparam, false, or_
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.visitors import InternalTraversal
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 
 def game_rows_matching(game_column: ColumnElement[str], game_id: str,
@@ -11,3 +20,62 @@ def game_rows_matching(game_column: ColumnElement[str], game_id: str,
     searches each (game, column) index (a multi-index OR) instead of scanning all of the game's rows."""
     terms = [and_(game_column == game_id, column.in_(sorted(values))) for column, values in column_values if values]
     return or_(*terms) if terms else false()
+
+
+def in_values(column: ColumnElement[Any], values: Collection[Any]) -> ColumnElement[bool]:
+    """`column IN (values)` with the values bound as a single parameter: a JSON array read by json_each() on SQLite,
+    an array compared with = ANY() on PostgreSQL. Both still search the column's index value by value."""
+    return _InValues(column, bindparam(None, list(values), type_=_ValueList(column.type)))
+
+
+def in_parameter(column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
+    """in_values with the values left to the named parameter (a list), for statements built once and run often."""
+    return _InValues(column, bindparam(name, type_=_ValueList(column.type)))
+
+
+def game_rows_in_parameters(game_column: ColumnElement[str], game_parameter: str,
+                            *column_parameters: tuple[ColumnElement[Any], str]) -> ColumnElement[bool]:
+    """game_rows_matching with the game and each column's list of values left to named parameters (in_parameter),
+    for statements built once: the SQL is the same whatever the lists, and an empty list matches nothing."""
+    return or_(*(and_(game_column == bindparam(game_parameter), in_parameter(column, name))
+                 for column, name in column_parameters))
+
+
+class _ValueList(TypeDecorator[list[Any]]):
+    impl = String
+    cache_ok = True
+
+    def __init__(self, item_type: TypeEngine[Any]) -> None:
+        super().__init__()
+        self.item_type = item_type
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(ARRAY(self.item_type))
+        return dialect.type_descriptor(String())
+
+    def process_bind_param(self, value: Collection[Any] | None, dialect: Dialect) -> Any:
+        values = list(value or ())
+        return values if dialect.name == "postgresql" else json.dumps(values)
+
+
+class _InValues(ColumnElement[bool]):
+    inherit_cache = True
+    type = Boolean()
+    _is_implicitly_boolean = True  # a comparison: SQLite must not get `... = 1`, which no index serves
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement),
+                           ("values", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, column: ColumnElement[Any], values: BindParameter[list[Any]]) -> None:
+        self.column = column
+        self.values = values
+
+
+@compiles(_InValues)
+def _in_values_sqlite(element: _InValues, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"{compiler.process(element.column, **kw)} IN (SELECT value FROM json_each({compiler.process(element.values, **kw)}))"
+
+
+@compiles(_InValues, "postgresql")
+def _in_values_postgresql(element: _InValues, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"{compiler.process(element.column, **kw)} = ANY({compiler.process(element.values, **kw)})"
