@@ -2,6 +2,7 @@
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from server.core.types import EventType, Network, NoPostbackReason
 
@@ -14,8 +15,10 @@ MAX_LOOKBACK_US = 28 * _DAY_US
 DEFAULT_GRACE_US = 3_600 * _SECOND_US
 
 
-@dataclass(frozen=True, slots=True)
-class Click:
+# Clicks, players and conversions are named tuples rather than frozen dataclasses: as immutable, and several times
+# cheaper to build; ingest builds them for every click it reads and every conversion it decides.
+
+class Click(NamedTuple):
     """A paid ad click on `network`; `key` is the click event's stable unique id."""
 
     key: str
@@ -27,8 +30,7 @@ class Click:
     email_hash: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Player:
+class Player(NamedTuple):
     """Every identity known to be the same player; a click sharing any of them is the player's."""
 
     user_ids: frozenset[str]
@@ -44,8 +46,7 @@ class Config:
     trigger_events: frozenset[EventType]
 
 
-@dataclass(frozen=True, slots=True)
-class Conversion:
+class Conversion(NamedTuple):
     event_type: EventType
     event_time_us: int
     # Only meaningful for game_launch: False means a repeat launch.

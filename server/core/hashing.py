@@ -61,6 +61,8 @@ def canonical_ip(ip: str) -> str | None:
     An IPv4-mapped IPv6 address (as dual-stack servers report IPv4 clients) becomes plain IPv4, and an
     IPv6 zone id is dropped: neither is part of the address the network itself saw.
     """
+    if _is_canonical_ipv4(ip):  # most addresses arrive like this, and ipaddress takes microseconds to say so
+        return ip
     try:
         address = ipaddress.ip_address(ip.strip())
     except ValueError:
@@ -71,6 +73,18 @@ def canonical_ip(ip: str) -> str | None:
         if address.scope_id is not None:
             return str(ipaddress.IPv6Address(str(address).split("%", 1)[0]))
     return str(address)
+
+
+def _is_canonical_ipv4(ip: str) -> bool:
+    """Dotted decimal exactly as ipaddress would print it: four ASCII numbers up to 255, no leading zeros."""
+    parts = ip.split(".")
+    if len(parts) != 4:
+        return False
+    for part in parts:
+        if not (part.isascii() and part.isdigit()) or len(part) > 3 or (len(part) > 1 and part[0] == "0") \
+                or int(part) > 255:
+            return False
+    return True
 
 
 def hash_ip_address(ip: str) -> str:

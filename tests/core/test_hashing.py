@@ -177,3 +177,20 @@ def test_hash_phone_refuses_non_e164(raw: str) -> None:
 )
 def test_looks_like_email(raw: str, ok: bool) -> None:
     assert looks_like_email(raw) is ok
+
+
+@pytest.mark.parametrize("ip", [
+    "1.2.3.4", "0.0.0.0", "255.255.255.255", "01.2.3.4", "1.2.3.04", "256.1.1.1", "1.2.3", "1.2.3.4.5", "1..3.4",
+    "\u0661.2.3.4", "1.2.3.+4", "1.2.3.-4", " 1.2.3.4", "1.2.3.4\n", "1_0.2.3.4", "0000.1.1.1", "::ffff:1.2.3.4", "",
+])
+def test_canonical_ip_agrees_with_ipaddress_for_dotted_quads(ip: str) -> None:
+    # canonical_ip answers plain dotted quads without ipaddress; the answer must be the one ipaddress gives.
+    import ipaddress
+
+    try:
+        expected: str | None = str(ipaddress.ip_address(ip.strip()))
+        if isinstance(ipaddress.ip_address(ip.strip()), ipaddress.IPv6Address):
+            expected = canonical_ip(ip)  # the IPv6 rules are tested above
+    except ValueError:
+        expected = None
+    assert canonical_ip(ip) == expected
