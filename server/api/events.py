@@ -18,14 +18,14 @@ class EventServicer(event_service_pb2_grpc.EventServiceServicer):
         game_id = translate.parse_game(request.parent)
         event = translate.single_event_from_proto(request.event, request.HasField("event"), self._ctx.clock())
         (receipt,) = await self._group_committer.ingest(game_id, [event])
-        return pb.IngestEventResponse(result=translate.receipt_to_proto(receipt))
+        return pb.IngestEventResponse(result=translate.receipt_fields(receipt))
 
     async def BatchIngestEvents(self, request: pb.BatchIngestEventsRequest,
                                 context: grpc.aio.ServicerContext) -> pb.BatchIngestEventsResponse:
         game_id = translate.parse_game(request.parent)
         events = translate.events_from_proto(request.events, "events", self._ctx.clock())
         receipts = await ingest.ingest_events(self._ctx, game_id, events)
-        return pb.BatchIngestEventsResponse(results=[translate.receipt_to_proto(r) for r in receipts])
+        return pb.BatchIngestEventsResponse(results=[translate.receipt_fields(r) for r in receipts])
 
     async def GetConversion(self, request: pb.GetConversionRequest,
                             context: grpc.aio.ServicerContext) -> pb.GetConversionResponse:

@@ -1,5 +1,6 @@
 """Translation between protobuf messages and domain values, with validation that names the exact proto field."""
 
+import functools
 import re
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -17,7 +18,7 @@ from server.core.events import (
 )
 from server.core.types import AttemptStatus, DeliveryState, EventType, Network, NoPostbackReason
 from server.errors import InvalidArgument, Violations
-from server.services.conversions import ConversionView
+from server.services.conversions import ConversionView, PostbackView
 from server.services.ingest import IngestReceipt
 
 MAX_ID_LENGTH = 128
@@ -31,6 +32,7 @@ MAX_BATCH_EVENTS = 1000
 _GAME_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
 _RESOURCE_ID = r"[a-z0-9][a-z0-9-]{0,62}"
 _EVENT_ID = r"[^/\x00-\x1f]{1,128}"
+_GAME_NAME = re.compile(f"games/({_GAME_ID})")
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
 # The range google.protobuf.Timestamp allows, 0001-01-01 to 9999-12-31: in microseconds it fits a BIGINT.
 MIN_TIMESTAMP_SECONDS = -62_135_596_800
@@ -64,6 +66,8 @@ def parse_name(name: str, pattern: str, field_path: str, shape: str) -> tuple[st
 
 
 def parse_game(parent: str, field_path: str = "parent") -> str:
+    if match := _GAME_NAME.fullmatch(parent):  # every ingest call parses one: precompiled
+        return match[1]
     return parse_name(parent, "games/{game}", field_path, "games/{game}")[0]
 
 
@@ -257,12 +261,15 @@ def events_from_proto(msgs, path: str, now_us: int) -> list[NewEvent]:  # type: 
     if len(msgs) > MAX_BATCH_EVENTS:
         violations.add(path, f"at most {MAX_BATCH_EVENTS} events per call; got {len(msgs)}")
         violations.raise_if_any()
-    events = [event_from_proto(m, f"{path}[{i}]", now_us, violations) for i, m in enumerate(msgs)]
+    events = [valid_event_from_proto(m, now_us) or event_from_proto(m, f"{path}[{i}]", now_us, violations)
+              for i, m in enumerate(msgs)]
     violations.raise_if_any()
     return events  # type: ignore[return-value]
 
 
 def single_event_from_proto(msg: event_pb2.Event, has_event: bool, now_us: int) -> NewEvent:
+    if has_event and (event := valid_event_from_proto(msg, now_us)):
+        return event
     violations = Violations()
     if not has_event:
         violations.add("event", "is required")
@@ -272,54 +279,163 @@ def single_event_from_proto(msg: event_pb2.Event, has_event: bool, now_us: int) 
     return event  # type: ignore[return-value]
 
 
+_EVENT_KINDS = {kind.value: kind for kind in EventKind}  # EventKind(name) is a slow lookup
+
+
+def valid_event_from_proto(msg: event_pb2.Event, now_us: int) -> NewEvent | None:
+    """The event when nothing at all is wrong with it, else None: then event_from_proto validates it again and names
+    each problem. The same rules, without building field paths or messages; where a check here is cheaper but
+    stricter (isprintable() also refuses characters the full rules allow), the full path has the last word."""
+    event_id = msg.event_id.strip()
+    if not (event_id and len(event_id) <= MAX_ID_LENGTH and "/" not in event_id and event_id.isprintable()):
+        return None
+    # An unset event_time reads as 0 and is refused here, so the full path reports it as missing.
+    time = msg.event_time
+    event_time_us = time.seconds * 1_000_000 + time.nanos // 1000
+    if not 0 < event_time_us <= now_us + MAX_FUTURE_US:
+        return None
+    user_id = msg.user_id.strip()
+    anonymous_id = msg.anonymous_id.strip()
+    if (not (user_id or anonymous_id) or len(user_id) > MAX_ID_LENGTH or len(anonymous_id) > MAX_ID_LENGTH
+            or not user_id.isprintable() or not anonymous_id.isprintable()):
+        return None
+    email_sha256 = email_sha256_reddit = None
+    if email := msg.email:
+        if len(email) > MAX_EMAIL_LENGTH or not hashing.looks_like_email(email):
+            return None
+        email_sha256 = hashing.hash_email_tiktok(email)
+        email_sha256_reddit = hashing.hash_email_reddit(email)
+    ip_address = None
+    if msg.ip_address and (ip_address := hashing.canonical_ip(msg.ip_address.strip())) is None:
+        return None
+    user_agent = msg.user_agent.strip()
+    if len(user_agent) > MAX_USER_AGENT_LENGTH or not user_agent.isprintable():
+        return None
+    kind_name = msg.WhichOneof("kind")
+    network = click_id = landing_url = value_micros = currency = order_id = None
+    item_ids: tuple[str, ...] = ()
+    if kind_name == "ad_click":
+        click = msg.ad_click
+        if click.network != network_pb2.NETWORK_UNSPECIFIED and (network := NETWORK_FROM_PROTO.get(click.network)) is None:
+            return None
+        click_id = click.click_id.strip()
+        landing_url = click.landing_url.strip()
+        if (len(click_id) > MAX_CLICK_ID_LENGTH or len(landing_url) > MAX_URL_LENGTH or not click_id.isprintable()
+                or not landing_url.isprintable() or (click_id and not network and not landing_url)):
+            return None
+        network, click_id = derive_click(network, click_id or None, landing_url or None)
+    elif kind_name == "purchase":
+        purchase = msg.purchase
+        amount = purchase.WhichOneof("amount")
+        if amount == "value":
+            try:
+                value_micros = parse_decimal_value(purchase.value)
+            except ValueError:
+                return None
+        elif amount == "value_micros":
+            if (value_micros := purchase.value_micros) < 0:
+                return None
+        currency = purchase.currency.strip().upper()
+        if bool(amount) != bool(currency) or (currency and currency not in ISO_4217_CODES):
+            return None
+        order_id = purchase.order_id.strip()
+        if len(order_id) > MAX_ID_LENGTH or not order_id.isprintable():
+            return None
+        if raw_items := list(purchase.item_ids):  # one read of the repeated field: each read converts it again
+            item_ids = tuple(item.strip() for item in raw_items)
+            if len(raw_items) > MAX_ITEM_IDS or not all(item_ids) or max(map(len, raw_items)) > MAX_ID_LENGTH:
+                return None
+    elif kind_name is None or (kind_name == "identify" and not user_id):
+        return None
+    return NewEvent(event_id, _EVENT_KINDS[kind_name], event_time_us, user_id or None, anonymous_id or None, email_sha256,
+                    email_sha256_reddit, ip_address, user_agent or None, network, click_id, landing_url or None,
+                    value_micros, currency or None, order_id or None, item_ids)
+
+
 # --- conversions ------------------------------------------------------------------------------------------------
 
 def format_value(value_micros: int | None) -> str:
-    return "" if value_micros is None else format_micros(value_micros)
+    return "" if value_micros is None else _format_micros(value_micros)
+
+
+# Prices repeat; Decimal formatting is the dearest part of a conversion's response.
+_format_micros = functools.lru_cache(maxsize=1024)(format_micros)
+
+
+# A batch's receipts repeat the same receive and decide times and the same new postbacks: each is built once and the
+# (never modified) dict shared by the messages made from it.
+@functools.lru_cache(maxsize=256)
+def _timestamp_fields(us: int) -> dict[str, int]:
+    seconds, micros = divmod(us, 1_000_000)
+    return {"seconds": seconds, "nanos": micros * 1000}
+
+
+# Messages are built from plain dicts in one constructor call: upb then makes no intermediate message objects, which
+# would cost more than the rest of a receipt's translation. Unset optional fields are left out, as proto3 omits them.
+
+def conversion_fields(view: ConversionView) -> dict[str, object]:
+    """A Conversion message's fields."""
+    fields: dict[str, object] = {
+        "name": f"games/{view.game_id}/conversions/{view.event_id}",
+        "event_id": view.event_id,
+        "event_type": EVENT_TYPE_TO_PROTO[view.event_type],
+        "event_time": _timestamp_fields(view.event_time_us),
+        "receive_time": _timestamp_fields(view.receive_time_us),
+        "decision": (conversion_pb2.CONVERSION_DECISION_POSTBACK_OWED if view.postback_owed
+                     else conversion_pb2.CONVERSION_DECISION_NO_POSTBACK),
+    }
+    if view.user_id:
+        fields["user_id"] = view.user_id
+    if view.anonymous_id:
+        fields["anonymous_id"] = view.anonymous_id
+    if view.value_micros is not None:
+        fields["value"] = _format_micros(view.value_micros)
+    if view.currency:
+        fields["currency"] = view.currency
+    if view.no_postback_reason:
+        fields["no_postback_reason"] = REASON_TO_PROTO[view.no_postback_reason]
+    if view.decide_time_us is not None:
+        fields["decide_time"] = _timestamp_fields(view.decide_time_us)
+    if click := view.click:
+        attributed: dict[str, object] = {"event": f"games/{view.game_id}/events/{click.event_id}",
+                                         "network": NETWORK_TO_PROTO[click.network],
+                                         "click_time": _timestamp_fields(click.click_time_us)}
+        if click.click_id:
+            attributed["click_id"] = click.click_id
+        fields["attributed_click"] = attributed
+    if view.postbacks:
+        fields["postbacks"] = [_postback_fields(view.game_id, p) for p in view.postbacks]
+    return fields
+
+
+@functools.lru_cache(maxsize=256)
+def _postback_fields(game_id: str, postback: PostbackView) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "postback_config": config_name(game_id, postback.config_id),
+        "network": NETWORK_TO_PROTO[postback.network],
+        "state": STATE_TO_PROTO[postback.state],
+        "attempt_count": postback.attempt_count,
+    }
+    if postback.last_attempt_time_us is not None:
+        fields["last_attempt_time"] = _timestamp_fields(postback.last_attempt_time_us)
+    if postback.next_attempt_time_us is not None:
+        fields["next_attempt_time"] = _timestamp_fields(postback.next_attempt_time_us)
+    if postback.last_error:
+        fields["last_error"] = postback.last_error
+    return fields
 
 
 def conversion_to_proto(view: ConversionView) -> conversion_pb2.Conversion:
-    msg = conversion_pb2.Conversion(
-        name=f"games/{view.game_id}/conversions/{view.event_id}",
-        event_id=view.event_id,
-        event_type=EVENT_TYPE_TO_PROTO[view.event_type],
-        event_time=us_to_timestamp(view.event_time_us),
-        receive_time=us_to_timestamp(view.receive_time_us),
-        user_id=view.user_id or "",
-        anonymous_id=view.anonymous_id or "",
-        value=format_value(view.value_micros),
-        currency=view.currency or "",
-        decision=(conversion_pb2.CONVERSION_DECISION_POSTBACK_OWED if view.postback_owed
-                  else conversion_pb2.CONVERSION_DECISION_NO_POSTBACK),
-        no_postback_reason=REASON_TO_PROTO[view.no_postback_reason] if view.no_postback_reason else 0,
-        decide_time=us_to_timestamp(view.decide_time_us),
-    )
-    if view.click:
-        msg.attributed_click.CopyFrom(conversion_pb2.AttributedClick(
-            event=f"games/{view.game_id}/events/{view.click.event_id}",
-            network=NETWORK_TO_PROTO[view.click.network],
-            click_id=view.click.click_id or "",
-            click_time=us_to_timestamp(view.click.click_time_us),
-        ))
-    for p in view.postbacks:
-        msg.postbacks.append(conversion_pb2.Postback(
-            postback_config=config_name(view.game_id, p.config_id),
-            network=NETWORK_TO_PROTO[p.network],
-            state=STATE_TO_PROTO[p.state],
-            attempt_count=p.attempt_count,
-            last_attempt_time=us_to_timestamp(p.last_attempt_time_us),
-            next_attempt_time=us_to_timestamp(p.next_attempt_time_us),
-            last_error=p.last_error or "",
-        ))
-    return msg
+    return conversion_pb2.Conversion(**conversion_fields(view))
 
 
-def receipt_to_proto(receipt: IngestReceipt) -> event_pb2.IngestResult:
-    msg = event_pb2.IngestResult(
-        name=f"games/{receipt.game_id}/events/{receipt.event_id}",
-        duplicate=receipt.duplicate,
-        payload_mismatch=receipt.payload_mismatch,
-    )
+def receipt_fields(receipt: IngestReceipt) -> dict[str, object]:
+    """An IngestResult message's fields."""
+    fields: dict[str, object] = {"name": f"games/{receipt.game_id}/events/{receipt.event_id}"}
+    if receipt.duplicate:
+        fields["duplicate"] = True
+    if receipt.payload_mismatch:
+        fields["payload_mismatch"] = True
     if receipt.conversion:
-        msg.conversion.CopyFrom(conversion_to_proto(receipt.conversion))
-    return msg
+        fields["conversion"] = conversion_fields(receipt.conversion)
+    return fields
