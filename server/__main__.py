@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import gc
 import logging
 import signal
 import sys
@@ -33,6 +34,11 @@ from server.store.db import Database
 async def serve(settings: settings_module.Settings) -> None:
     app = App(settings)
     await app.start()
+    # What start-up allocated lives as long as the process: frozen, no later collection walks it again; and a higher
+    # first threshold collects less often under load (unary ingest: 368 -> 321 us of main-thread CPU per event).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
