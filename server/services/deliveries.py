@@ -1,6 +1,5 @@
 """Delivery use cases for the dispatcher: claim due postbacks under a lease, then record each attempt and its outcome."""
 
-import json
 import logging
 import random
 from collections import Counter
@@ -16,17 +15,14 @@ from sqlalchemy import (
     Row,
     String,
     and_,
-    any_,
     bindparam,
     func,
     literal,
-    literal_column,
     not_,
     or_,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.core import reddit
@@ -38,6 +34,7 @@ from server.services.configs import sealing_context
 from server.services.context import ServiceContext
 from server.settings import Settings
 from server.store.models import Delivery, DeliveryLog, Event, PostbackConfig
+from server.store.queries import in_values
 
 US_PER_S = 1_000_000
 CONFIG_DELETED = "postback config deleted before the postback was sent"
@@ -228,7 +225,7 @@ async def _load_batch(ctx: ServiceContext, session: AsyncSession, target: Target
     Those the network would refuse whatever happens go into `unsendable` instead, with the reason."""
     columns = {row_id: columns for row_id, *columns in (await session.execute(
         select(Delivery.id, *_POSTBACK_COLUMNS).select_from(_DELIVERY_EVENTS)
-        .where(id_in(ctx, Delivery.id, [row.id for row in leased]))
+        .where(in_values(Delivery.id, [row.id for row in leased]))
     )).all()}
     claimed: list[ClaimedDelivery] = []
     for delivery_id, attempt_count, first_attempt_us in leased:
@@ -250,14 +247,6 @@ async def _fail_unsendable(ctx: ServiceContext, owner_id: str, reasons: dict[int
                 update(Delivery).where(Delivery.id == delivery_id, Delivery.lease_owner == owner_id)
                 .values(state=DeliveryState.FAILED.value, last_error=reason, **_clear_lease())
                 .execution_options(synchronize_session=False))
-
-
-def id_in(ctx: ServiceContext, column: ColumnElement[int], ids: Sequence[int]) -> ColumnElement[bool]:
-    """`column IN ids` as one parameter (a JSON array on SQLite, an array on PostgreSQL) rather than one per id,
-    which SQLAlchemy would expand and process one by one."""
-    if ctx.db.is_sqlite:
-        return column.in_(select(literal_column("value")).select_from(func.json_each(json.dumps(list(ids)))))
-    return column == any_(bindparam(None, list(ids), type_=ARRAY(BigInteger)))
 
 
 _CLICKS = Event.__table__.alias("click")
@@ -398,11 +387,11 @@ async def _record_alike(ctx: ServiceContext, owner_id: str, target: Target, atte
             list(log_values),
             select(*log_values.values())
             .select_from(Delivery.__table__.join(Event.__table__, conversions.id == deliveries.event_row_id))
-            .where(id_in(ctx, deliveries.id, ids)).order_by(deliveries.id)))).rowcount
+            .where(in_values(deliveries.id, ids)).order_by(deliveries.id)))).rowcount
         settled = (await session.execute(
             # Holding the lease means pending (every other state clears it); a state condition here would also
             # tempt SQLite to walk the state index instead of looking the ids up.
-            update(Delivery).where(id_in(ctx, Delivery.id, ids), Delivery.lease_owner == owner_id)
+            update(Delivery).where(in_values(Delivery.id, ids), Delivery.lease_owner == owner_id)
             .values(state=state.value, last_error=last_error, attempt_count=Delivery.attempt_count + 1,
                     first_attempt_time_us=func.coalesce(Delivery.first_attempt_time_us, attempt_time_us),
                     last_attempt_time_us=attempt_time_us, next_attempt_time_us=attempt_time_us, **_clear_lease())
