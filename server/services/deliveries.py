@@ -129,49 +129,53 @@ async def claim_due(ctx: ServiceContext, owner_id: str, *, max_batches: int, bat
     now_us = ctx.clock()
     lease_until_us = now_us + round(ctx.settings.dispatch_lease_s * US_PER_S)
     batch_size = max(1, min(batch_size, MAX_BATCH_SIZE))
-    async with ctx.db.transaction() as session:
+    busy = list(skip_config_row_ids)
+    # What is due is read from a snapshot: the write lock, which ingest shares, is taken only when there is work,
+    # and held for the leases alone.
+    async with ctx.db.snapshot() as session:
+        # One index probe per config on (config, state, next attempt), oldest due first: grouping every pending
+        # delivery by config instead cost more than the sends once the outbox held a large backlog.
+        oldest_due = (select(Delivery.next_attempt_time_us)
+                      .where(Delivery.config_row_id == PostbackConfig.id, _due(now_us))
+                      .order_by(Delivery.next_attempt_time_us).limit(1).scalar_subquery())
+        due_configs = (await session.execute(
+            select(PostbackConfig.id, PostbackConfig.enabled, PostbackConfig.delete_time_us, oldest_due.label("due_us"))
+            .where(PostbackConfig.id.not_in(busy), oldest_due.is_not(None))
+        )).all()
+        active = sorted((c for c in due_configs if c.enabled and c.delete_time_us is None), key=lambda c: c.due_us)
+        config_row_ids = [c.id for c in active[:max(0, max_batches)]]
         # Disabling a config keeps its postbacks until they come due; then they are cancelled, not sent.
-        inactive = (await session.execute(
-            select(PostbackConfig.id, PostbackConfig.delete_time_us).where(not_(PostbackConfig.enabled)))).all()
-        for reason, inactive_ids in (
-                (CONFIG_DELETED, [c.id for c in inactive if c.delete_time_us is not None]),
-                (CONFIG_DISABLED, [c.id for c in inactive if c.delete_time_us is None])):
-            if inactive_ids:
-                inactive_due = select(Delivery.id).where(Delivery.config_row_id.in_(inactive_ids), _due(now_us))
+        cancel = {reason: ids for reason, ids in (
+            (CONFIG_DELETED, [c.id for c in due_configs if not c.enabled and c.delete_time_us is not None]),
+            (CONFIG_DISABLED, [c.id for c in due_configs if not c.enabled and c.delete_time_us is None])) if ids}
+        # Only a claim that finds nothing sleeps until the next due time; one that finds work claims again at once.
+        next_due_us = None if config_row_ids else await session.scalar(
+            select(func.min(Delivery.next_attempt_time_us)).where(
+                Delivery.state == DeliveryState.PENDING.value, Delivery.next_attempt_time_us > now_us,
+                Delivery.config_row_id.not_in(busy))
+        )
+    leased: dict[int, list[Row[Any]]] = {}
+    if config_row_ids or cancel:
+        async with ctx.db.transaction() as session:
+            for reason, inactive_ids in cancel.items():
+                # Re-checked under the lock: a config enabled again since the snapshot keeps its postbacks.
+                still_inactive = select(PostbackConfig.id).where(PostbackConfig.id.in_(inactive_ids),
+                                                                 not_(PostbackConfig.enabled))
+                inactive_due = select(Delivery.id).where(Delivery.config_row_id.in_(still_inactive), _due(now_us))
                 await session.execute(
                     update(Delivery).where(Delivery.id.in_(_lockable(ctx, inactive_due)))
                     .values(state=DeliveryState.CANCELLED.value, last_error=reason, **_clear_lease())
                     .execution_options(synchronize_session=False)
                 )
-        # One index probe per active config on (config, state, next attempt), oldest due first: grouping every
-        # pending delivery by config instead cost more than the sends once the outbox held a large backlog.
-        busy = list(skip_config_row_ids)
-        oldest_due = (select(Delivery.next_attempt_time_us)
-                      .where(Delivery.config_row_id == PostbackConfig.id, _due(now_us))
-                      .order_by(Delivery.next_attempt_time_us).limit(1).scalar_subquery())
-        active = (select(PostbackConfig.id.label("config_row_id"), oldest_due.label("due_us"))
-                  .where(PostbackConfig.enabled, PostbackConfig.delete_time_us.is_(None),
-                         PostbackConfig.id.not_in(busy))
-                  .subquery())
-        config_row_ids = (await session.execute(
-            select(active.c.config_row_id).where(active.c.due_us.is_not(None))
-            .order_by(active.c.due_us).limit(max_batches)
-        )).scalars().all() if max_batches > 0 else []
-        # Only the leases are taken under the write lock; the batches' contents are read after it is released.
-        leased = {config_row_id: rows for config_row_id in config_row_ids
-                  if (rows := await _lease(ctx, session, owner_id, config_row_id, now_us, lease_until_us, batch_size))}
-        configs = (await session.execute(
-            select(PostbackConfig).where(PostbackConfig.id.in_(leased)))).scalars().all() if leased else []
-        # Only a claim that found nothing sleeps until the next due time; one that found work claims again at once.
-        next_due_us = None if leased else await session.scalar(
-            select(func.min(Delivery.next_attempt_time_us)).where(
-                Delivery.state == DeliveryState.PENDING.value, Delivery.next_attempt_time_us > now_us,
-                Delivery.config_row_id.not_in(busy))
-        )
+            for config_row_id in config_row_ids:
+                rows = await _lease(ctx, session, owner_id, config_row_id, now_us, lease_until_us, batch_size)
+                if rows:
+                    leased[config_row_id] = rows
     batches: list[Batch] = []
     unsendable: dict[int, str] = {}
     if leased:
         async with ctx.db.snapshot() as session:
+            configs = (await session.execute(select(PostbackConfig).where(PostbackConfig.id.in_(leased)))).scalars()
             for config in configs:
                 target = _target(ctx, config, len(leased[config.id]))
                 if target is not None:
