@@ -120,7 +120,9 @@ def _clear_lease() -> dict[str, None]:
 
 async def claim_due(ctx: ServiceContext, owner_id: str, *, max_batches: int, batch_size: int,
                     skip_config_row_ids: Collection[int] = ()) -> Claim:
-    """Leases up to max_batches batches (one per config, oldest due first) of up to batch_size deliveries each.
+    """Leases up to max_batches batches (one per config, oldest due first) of up to batch_size deliveries each:
+    what is due is read from a snapshot, the leases are taken in a short write transaction, and the batches'
+    conversions are read from a snapshot again once the leases are committed.
 
     On PostgreSQL the rows are picked with FOR UPDATE SKIP LOCKED, so replicas claiming at once take disjoint
     rows; on SQLite the process is alone and BEGIN IMMEDIATE serialises claims. Deliveries of configs disabled
@@ -179,7 +181,7 @@ async def claim_due(ctx: ServiceContext, owner_id: str, *, max_batches: int, bat
             for config in configs:
                 target = _target(ctx, config, len(leased[config.id]))
                 if target is not None:
-                    batch = await _load_batch(ctx, session, target, leased[config.id], now_us, unsendable)
+                    batch = await _load_batch(session, target, leased[config.id], now_us, unsendable)
                     if batch.deliveries:
                         batches.append(batch)
     if unsendable:
@@ -223,8 +225,8 @@ def _target(ctx: ServiceContext, config: PostbackConfig, leased: int) -> Target 
                   NetworkCredentials(access_token=token, pixel_id=config.pixel_id))
 
 
-async def _load_batch(ctx: ServiceContext, session: AsyncSession, target: Target, leased: list[Row[Any]],
-                      now_us: int, unsendable: dict[int, str]) -> Batch:
+async def _load_batch(session: AsyncSession, target: Target, leased: list[Row[Any]], now_us: int,
+                      unsendable: dict[int, str]) -> Batch:
     """The leased deliveries as postbacks, read with their conversions and attributed clicks in one query.
     Those the network would refuse whatever happens go into `unsendable` instead, with the reason."""
     columns = {row_id: columns for row_id, *columns in (await session.execute(
