@@ -3,6 +3,7 @@ event the full validation refuses."""
 
 import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -79,3 +80,10 @@ def test_fast_path_takes_ordinary_events() -> None:
     for msg in (event, click):
         fast = translate.valid_event_from_proto(msg, NOW_US)
         assert fast is not None and fast == translate.event_from_proto(msg, "event", NOW_US, Violations())
+
+
+@pytest.mark.parametrize(("micros", "text"), [(10_000_000, "10"), (100_000_000, "100"), (12_000_000, "12"),
+                                              (9_990_000, "9.99"), (1, "0.000001"), (0, "0")])
+def test_a_conversion_value_is_its_shortest_exact_decimal(micros: int, text: str) -> None:
+    # Whole tens once came back as "10.000000" while other whole amounts came back bare.
+    assert translate.format_value(micros) == text

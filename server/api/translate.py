@@ -13,9 +13,9 @@ from server.core.events import (
     EventKind,
     NewEvent,
     derive_click,
-    format_micros,
     parse_decimal_value,
 )
+from server.core.postback import decimal_units_text
 from server.core.types import AttemptStatus, DeliveryState, EventType, Network, NoPostbackReason
 from server.errors import InvalidArgument, Violations
 from server.services.conversions import ConversionView, PostbackView
@@ -355,11 +355,7 @@ def valid_event_from_proto(msg: event_pb2.Event, now_us: int) -> NewEvent | None
 # --- conversions ------------------------------------------------------------------------------------------------
 
 def format_value(value_micros: int | None) -> str:
-    return "" if value_micros is None else _format_micros(value_micros)
-
-
-# Prices repeat; Decimal formatting is the dearest part of a conversion's response.
-_format_micros = functools.lru_cache(maxsize=1024)(format_micros)
+    return "" if value_micros is None else decimal_units_text(value_micros)
 
 
 # A batch's receipts repeat the same receive and decide times and the same new postbacks: each is built once and the
@@ -389,7 +385,7 @@ def conversion_fields(view: ConversionView) -> dict[str, object]:
     if view.anonymous_id:
         fields["anonymous_id"] = view.anonymous_id
     if view.value_micros is not None:
-        fields["value"] = _format_micros(view.value_micros)
+        fields["value"] = decimal_units_text(view.value_micros)
     if view.currency:
         fields["currency"] = view.currency
     if view.no_postback_reason:

@@ -127,12 +127,6 @@ def parse_decimal_value(text: str) -> int:
     return int(micros)
 
 
-def format_micros(micros: int) -> str:
-    """Integer micros to the shortest exact decimal string: 9990000 -> '9.99', 5000000 -> '5'."""
-    text = str(Decimal(micros).scaleb(-6).normalize())
-    return text if "E" not in text else f"{Decimal(micros).scaleb(-6):f}"
-
-
 # ISO 4217 active codes (alphabetic), including funds codes networks accept; XXX/XTS (no/test currency) excluded.
 ISO_4217_CODES = frozenset("""
 AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BOV BRL BSD BTN BWP BYN BZD CAD CDF
