@@ -37,7 +37,11 @@ class Database:
             read_engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, connect_args=sqlite_args)
             _configure_sqlite(read_engine, sqlite_synchronous, begin="BEGIN")
         else:
-            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            # Plans for the actual values every time: a generic plan cached while a table was still small kept
+            # scanning it whole once it had grown (batch ingest fell from about 9,000 to 550 events/s over 200,000).
+            self.engine = create_async_engine(
+                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}})
             read_engine = self.engine
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
         self._write_turn = asyncio.Lock() if self.is_sqlite else None
