@@ -4,7 +4,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from server.core.events import EventKind
 from server.core.types import DeliveryState, EventType, Network, NoPostbackReason
@@ -55,16 +55,16 @@ class ConversionView(NamedTuple):
 
 async def get_conversion(ctx: ServiceContext, game_id: str, event_id: str) -> ConversionView:
     async with ctx.db.snapshot() as session:
-        views = await load_conversion_views(session, game_id, [event_id])
+        views = await session.run_sync(conversion_views, game_id, [event_id])
     if event_id not in views:
         raise NotFound(f"conversion games/{game_id}/conversions/{event_id} not found: no game launch or purchase "
                        "with this event id was ingested for this game", reason="CONVERSION_NOT_FOUND")
     return views[event_id]
 
 
-async def load_conversion_views(session: AsyncSession, game_id: str, event_ids: Iterable[str]) -> dict[str, ConversionView]:
+def conversion_views(session: Session, game_id: str, event_ids: Iterable[str]) -> dict[str, ConversionView]:
     # Plain rows, not ORM objects: nothing here is changed, and identity tracking costs per object.
-    rows = (await session.execute(
+    rows = (session.execute(
         select(Event.id, Event.event_id, Event.kind, Event.event_time_us, Event.receive_time_us, Event.user_id,
                Event.anonymous_id, Event.value_micros, Event.currency, Event.decision, Event.no_postback_reason,
                Event.attributed_click_event_id, Event.decide_time_us)
@@ -75,13 +75,13 @@ async def load_conversion_views(session: AsyncSession, game_id: str, event_ids: 
     click_ids = {r.attributed_click_event_id for r in rows if r.attributed_click_event_id}
     clicks = {
         event_id: ClickView(event_id, Network(network), click_id, time_us)
-        for event_id, network, click_id, time_us in (await session.execute(
+        for event_id, network, click_id, time_us in (session.execute(
             select(Event.event_id, Event.network, Event.click_id, Event.event_time_us)
             .where(Event.game_id == game_id, in_values(Event.event_id, click_ids))
         ))
     } if click_ids else {}
     postbacks: dict[int, list[PostbackView]] = {}
-    delivery_rows = await session.execute(
+    delivery_rows = session.execute(
         select(Delivery.event_row_id, Delivery.state, Delivery.attempt_count, Delivery.last_attempt_time_us,
                Delivery.next_attempt_time_us, Delivery.last_error, PostbackConfig.config_id, PostbackConfig.network)
         .join(PostbackConfig, PostbackConfig.id == Delivery.config_row_id)

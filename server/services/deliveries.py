@@ -23,7 +23,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from server.core import reddit
 from server.core.events import EventKind
@@ -134,56 +134,16 @@ async def claim_due(ctx: ServiceContext, owner_id: str, *, max_batches: int, bat
     busy = list(skip_config_row_ids)
     # What is due is read from a snapshot: the write lock, which ingest shares, is taken only when there is work,
     # and held for the leases alone.
-    async with ctx.db.snapshot() as session:
-        # One index probe per config on (config, state, next attempt), oldest due first: grouping every pending
-        # delivery by config instead cost more than the sends once the outbox held a large backlog.
-        oldest_due = (select(Delivery.next_attempt_time_us)
-                      .where(Delivery.config_row_id == PostbackConfig.id, _due(now_us))
-                      .order_by(Delivery.next_attempt_time_us).limit(1).scalar_subquery())
-        due_configs = (await session.execute(
-            select(PostbackConfig.id, PostbackConfig.enabled, PostbackConfig.delete_time_us, oldest_due.label("due_us"))
-            .where(PostbackConfig.id.not_in(busy), oldest_due.is_not(None))
-        )).all()
-        active = sorted((c for c in due_configs if c.enabled and c.delete_time_us is None), key=lambda c: c.due_us)
-        config_row_ids = [c.id for c in active[:max(0, max_batches)]]
-        # Disabling a config keeps its postbacks until they come due; then they are cancelled, not sent.
-        cancel = {reason: ids for reason, ids in (
-            (CONFIG_DELETED, [c.id for c in due_configs if not c.enabled and c.delete_time_us is not None]),
-            (CONFIG_DISABLED, [c.id for c in due_configs if not c.enabled and c.delete_time_us is None])) if ids}
-        # Only a claim that finds nothing sleeps until the next due time; one that finds work claims again at once.
-        next_due_us = None if config_row_ids else await session.scalar(
-            select(func.min(Delivery.next_attempt_time_us)).where(
-                Delivery.state == DeliveryState.PENDING.value, Delivery.next_attempt_time_us > now_us,
-                Delivery.config_row_id.not_in(busy))
-        )
+    config_row_ids, cancel, next_due_us = await ctx.db.read(lambda session: _find_due(session, now_us, busy,
+                                                                                      max_batches))
     leased: dict[int, list[Row[Any]]] = {}
     if config_row_ids or cancel:
-        async with ctx.db.transaction() as session:
-            for reason, inactive_ids in cancel.items():
-                # Re-checked under the lock: a config enabled again since the snapshot keeps its postbacks.
-                still_inactive = select(PostbackConfig.id).where(PostbackConfig.id.in_(inactive_ids),
-                                                                 not_(PostbackConfig.enabled))
-                inactive_due = select(Delivery.id).where(Delivery.config_row_id.in_(still_inactive), _due(now_us))
-                await session.execute(
-                    update(Delivery).where(Delivery.id.in_(_lockable(ctx, inactive_due)))
-                    .values(state=DeliveryState.CANCELLED.value, last_error=reason, **_clear_lease())
-                    .execution_options(synchronize_session=False)
-                )
-            for config_row_id in config_row_ids:
-                rows = await _lease(ctx, session, owner_id, config_row_id, now_us, lease_until_us, batch_size)
-                if rows:
-                    leased[config_row_id] = rows
+        leased = await ctx.db.write(lambda session: _take_leases(
+            ctx, session, owner_id, cancel, config_row_ids, now_us, lease_until_us, batch_size))
     batches: list[Batch] = []
     unsendable: dict[int, str] = {}
     if leased:
-        async with ctx.db.snapshot() as session:
-            configs = (await session.execute(select(PostbackConfig).where(PostbackConfig.id.in_(leased)))).scalars()
-            for config in configs:
-                target = _target(ctx, config, len(leased[config.id]))
-                if target is not None:
-                    batch = await _load_batch(session, target, leased[config.id], now_us, unsendable)
-                    if batch.deliveries:
-                        batches.append(batch)
+        batches = await ctx.db.read(lambda session: _load_batches(ctx, session, leased, now_us, unsendable))
     if unsendable:
         await _fail_unsendable(ctx, owner_id, unsendable)
     return Claim(batches, next_due_us)
@@ -191,8 +151,69 @@ async def claim_due(ctx: ServiceContext, owner_id: str, *, max_batches: int, bat
 
 async def has_due_work(ctx: ServiceContext) -> bool:
     """Whether anything is due to send that a claim could take: one read on the (state, due time) index."""
-    async with ctx.db.snapshot() as session:
-        return await session.scalar(select(Delivery.id).where(_due(ctx.clock())).limit(1)) is not None
+    now_us = ctx.clock()
+    return await ctx.db.read(lambda session: session.scalar(
+        select(Delivery.id).where(_due(now_us)).limit(1)) is not None)
+
+
+def _find_due(session: Session, now_us: int, busy: list[int],
+              max_batches: int) -> tuple[list[int], dict[str, list[int]], int | None]:
+    """The configs to lease from (oldest due first), the inactive configs' due postbacks to cancel by reason, and
+    when nothing is due, the next due time."""
+    # One index probe per config on (config, state, next attempt), oldest due first: grouping every pending
+    # delivery by config instead cost more than the sends once the outbox held a large backlog.
+    oldest_due = (select(Delivery.next_attempt_time_us)
+                  .where(Delivery.config_row_id == PostbackConfig.id, _due(now_us))
+                  .order_by(Delivery.next_attempt_time_us).limit(1).scalar_subquery())
+    due_configs = session.execute(
+        select(PostbackConfig.id, PostbackConfig.enabled, PostbackConfig.delete_time_us, oldest_due.label("due_us"))
+        .where(PostbackConfig.id.not_in(busy), oldest_due.is_not(None))
+    ).all()
+    active = sorted((c for c in due_configs if c.enabled and c.delete_time_us is None), key=lambda c: c.due_us)
+    config_row_ids = [c.id for c in active[:max(0, max_batches)]]
+    # Disabling a config keeps its postbacks until they come due; then they are cancelled, not sent.
+    cancel = {reason: ids for reason, ids in (
+        (CONFIG_DELETED, [c.id for c in due_configs if not c.enabled and c.delete_time_us is not None]),
+        (CONFIG_DISABLED, [c.id for c in due_configs if not c.enabled and c.delete_time_us is None])) if ids}
+    # Only a claim that finds nothing sleeps until the next due time; one that finds work claims again at once.
+    next_due_us = None if config_row_ids else session.scalar(
+        select(func.min(Delivery.next_attempt_time_us)).where(
+            Delivery.state == DeliveryState.PENDING.value, Delivery.next_attempt_time_us > now_us,
+            Delivery.config_row_id.not_in(busy))
+    )
+    return config_row_ids, cancel, next_due_us
+
+
+def _load_batches(ctx: ServiceContext, session: Session, leased: dict[int, list[Row[Any]]], now_us: int,
+                  unsendable: dict[int, str]) -> list[Batch]:
+    batches = []
+    for config in session.execute(select(PostbackConfig).where(PostbackConfig.id.in_(leased))).scalars():
+        target = _target(ctx, config, len(leased[config.id]))
+        if target is not None:
+            batch = _load_batch(session, target, leased[config.id], now_us, unsendable)
+            if batch.deliveries:
+                batches.append(batch)
+    return batches
+
+
+def _take_leases(ctx: ServiceContext, session: Session, owner_id: str, cancel: dict[str, list[int]],
+                 config_row_ids: list[int], now_us: int, lease_until_us: int,
+                 batch_size: int) -> dict[int, list[Row[Any]]]:
+    for reason, inactive_ids in cancel.items():
+        # Re-checked under the lock: a config enabled again since the snapshot keeps its postbacks.
+        still_inactive = select(PostbackConfig.id).where(PostbackConfig.id.in_(inactive_ids),
+                                                         not_(PostbackConfig.enabled))
+        inactive_due = select(Delivery.id).where(Delivery.config_row_id.in_(still_inactive), _due(now_us))
+        session.execute(
+            update(Delivery).where(Delivery.id.in_(_lockable(ctx, inactive_due)))
+            .values(state=DeliveryState.CANCELLED.value, last_error=reason, **_clear_lease())
+            .execution_options(synchronize_session=False)
+        )
+    leased: dict[int, list[Row[Any]]] = {}
+    for config_row_id in config_row_ids:
+        if rows := _lease(ctx, session, owner_id, config_row_id, now_us, lease_until_us, batch_size):
+            leased[config_row_id] = rows
+    return leased
 
 
 def _lockable(ctx: ServiceContext, query):  # type: ignore[no-untyped-def]
@@ -200,17 +221,17 @@ def _lockable(ctx: ServiceContext, query):  # type: ignore[no-untyped-def]
     return query if ctx.db.is_sqlite else query.with_for_update(skip_locked=True)
 
 
-async def _lease(ctx: ServiceContext, session: AsyncSession, owner_id: str, config_row_id: int, now_us: int,
-                 lease_until_us: int, batch_size: int) -> list[Row[Any]]:
+def _lease(ctx: ServiceContext, session: Session, owner_id: str, config_row_id: int, now_us: int,
+           lease_until_us: int, batch_size: int) -> list[Row[Any]]:
     """Leases a config's oldest due deliveries: (id, attempt_count, first_attempt_time_us) of each."""
     candidates = _lockable(ctx, select(Delivery.id).where(Delivery.config_row_id == config_row_id, _due(now_us))
                            .order_by(Delivery.next_attempt_time_us, Delivery.id).limit(batch_size))
-    return list((await session.execute(
+    return list(session.execute(
         update(Delivery).where(Delivery.id.in_(candidates))
         .values(lease_owner=owner_id, lease_expire_time_us=lease_until_us)
         .returning(Delivery.id, Delivery.attempt_count, Delivery.first_attempt_time_us)
         .execution_options(synchronize_session=False)
-    )).all())
+    ).all())
 
 
 def _target(ctx: ServiceContext, config: PostbackConfig, leased: int) -> Target | None:
@@ -225,14 +246,14 @@ def _target(ctx: ServiceContext, config: PostbackConfig, leased: int) -> Target 
                   NetworkCredentials(access_token=token, pixel_id=config.pixel_id))
 
 
-async def _load_batch(session: AsyncSession, target: Target, leased: list[Row[Any]], now_us: int,
+def _load_batch(session: Session, target: Target, leased: list[Row[Any]], now_us: int,
                       unsendable: dict[int, str]) -> Batch:
     """The leased deliveries as postbacks, read with their conversions and attributed clicks in one query.
     Those the network would refuse whatever happens go into `unsendable` instead, with the reason."""
-    columns = {row_id: columns for row_id, *columns in (await session.execute(
+    columns = {row_id: columns for row_id, *columns in session.execute(
         select(Delivery.id, *_POSTBACK_COLUMNS).select_from(_DELIVERY_EVENTS)
         .where(in_values(Delivery.id, [row.id for row in leased]))
-    )).all()}
+    ).all()}
     claimed: list[ClaimedDelivery] = []
     for delivery_id, attempt_count, first_attempt_us in leased:
         if delivery_id not in columns:
@@ -247,12 +268,14 @@ async def _load_batch(session: AsyncSession, target: Target, leased: list[Row[An
 
 
 async def _fail_unsendable(ctx: ServiceContext, owner_id: str, reasons: dict[int, str]) -> None:
-    async with ctx.db.transaction() as session:
+    def fail(session: Session) -> None:
         for delivery_id, reason in reasons.items():
-            await session.execute(
+            session.execute(
                 update(Delivery).where(Delivery.id == delivery_id, Delivery.lease_owner == owner_id)
                 .values(state=DeliveryState.FAILED.value, last_error=reason, **_clear_lease())
                 .execution_options(synchronize_session=False))
+
+    await ctx.db.write(fail)
 
 
 _CLICKS = Event.__table__.alias("click")
@@ -302,11 +325,10 @@ def postback_event(event_id: str, kind: str, event_time_us: int, user_id: str | 
 async def extend_leases(ctx: ServiceContext, owner_id: str, delivery_ids: Sequence[int], seconds: float) -> None:
     """Keeps deliveries reserved while a long send (a split batch) is still running."""
     until_us = ctx.clock() + round(seconds * US_PER_S)
-    async with ctx.db.transaction() as session:
-        await session.execute(
-            update(Delivery).where(Delivery.id.in_(delivery_ids), Delivery.lease_owner == owner_id)
-            .values(lease_expire_time_us=until_us).execution_options(synchronize_session=False)
-        )
+    await ctx.db.write(lambda session: session.execute(
+        update(Delivery).where(Delivery.id.in_(delivery_ids), Delivery.lease_owner == owner_id)
+        .values(lease_expire_time_us=until_us).execution_options(synchronize_session=False)
+    ))
 
 
 def describe(c: Classification) -> str:
@@ -327,35 +349,41 @@ async def record_attempts(ctx: ServiceContext, owner_id: str, target: Target, at
     per_delivery: dict[int, list[Attempt]] = {}
     for attempt in attempts:
         per_delivery.setdefault(attempt.delivery.delivery_id, []).append(attempt)
-    async with ctx.db.transaction() as session:
-        rows = {row.id: row for row in (await session.execute(_lockable_rows(ctx, select(
-            Delivery.id, Delivery.state, Delivery.lease_owner, Delivery.first_attempt_time_us,
-        ).where(Delivery.id.in_(per_delivery)))))}
-        log_rows: list[dict[str, object]] = []
-        changes: list[dict[str, object]] = []
-        for delivery_id, its_attempts in per_delivery.items():
-            row = rows.get(delivery_id)
-            if row is None:
-                log.info("postback %d of %s was erased while in flight; its outcome is not recorded",
-                         delivery_id, target.name)
-                continue
-            change, its_log_rows = _settle(ctx, policy, owner_id, target, row, its_attempts)
-            log_rows += its_log_rows
-            if change:
-                changes.append(change)
-        if changes:
-            table = Delivery.__table__
-            await session.execute(
-                table.update().where(table.c.id == bindparam("delivery_id"))
-                .values({column: bindparam(column) for column in changes[0] if column != "delivery_id"}),
-                changes)
-        if log_rows:
-            await session.execute(DeliveryLog.__table__.insert(), log_rows)
-        await _update_health(session, target.row_id, attempts)
+    log_rows = await ctx.db.write(lambda session: _settle_all(ctx, session, policy, owner_id, target, per_delivery,
+                                                              attempts))
     if log_rows:
         ctx.delivery_logs_written()
     for (network, status), count in Counter((str(row["network"]), str(row["status"])) for row in log_rows).items():
         ctx.metrics.count_attempts(network, status, count)
+
+
+def _settle_all(ctx: ServiceContext, session: Session, policy: RetryPolicy, owner_id: str, target: Target,
+                per_delivery: dict[int, list[Attempt]], attempts: Sequence[Attempt]) -> list[dict[str, object]]:
+    rows = {row.id: row for row in session.execute(_lockable_rows(ctx, select(
+        Delivery.id, Delivery.state, Delivery.lease_owner, Delivery.first_attempt_time_us,
+    ).where(Delivery.id.in_(per_delivery))))}
+    log_rows: list[dict[str, object]] = []
+    changes: list[dict[str, object]] = []
+    for delivery_id, its_attempts in per_delivery.items():
+        row = rows.get(delivery_id)
+        if row is None:
+            log.info("postback %d of %s was erased while in flight; its outcome is not recorded",
+                     delivery_id, target.name)
+            continue
+        change, its_log_rows = _settle(ctx, policy, owner_id, target, row, its_attempts)
+        log_rows += its_log_rows
+        if change:
+            changes.append(change)
+    if changes:
+        table = Delivery.__table__
+        session.execute(
+            table.update().where(table.c.id == bindparam("delivery_id"))
+            .values({column: bindparam(column) for column in changes[0] if column != "delivery_id"}),
+            changes)
+    if log_rows:
+        session.execute(DeliveryLog.__table__.insert(), log_rows)
+    _update_health(session, target.row_id, attempts)
+    return log_rows
 
 
 def _settled_alike(attempts: Sequence[Attempt]) -> bool:
@@ -386,15 +414,15 @@ async def _record_alike(ctx: ServiceContext, owner_id: str, target: Target, atte
         "network_message": literal(c.message, String), "network_request_id": literal(c.request_id, String),
         "conversion_event_id": conversions.event_id, "next_attempt_time_us": literal(None, BigInteger),
     }
-    async with ctx.db.transaction() as session:
+    def settle(session: Session) -> tuple[int, int]:
         # Logged before the state moves on, so the attempt number is the one this dispatcher claimed. A delivery
         # erased while in flight has no row left to join, so its attempt is not logged.
-        logged = (await session.execute(DeliveryLog.__table__.insert().from_select(
+        logged = session.execute(DeliveryLog.__table__.insert().from_select(
             list(log_values),
             select(*log_values.values())
             .select_from(Delivery.__table__.join(Event.__table__, conversions.id == deliveries.event_row_id))
-            .where(in_values(deliveries.id, ids)).order_by(deliveries.id)))).rowcount
-        settled = (await session.execute(
+            .where(in_values(deliveries.id, ids)).order_by(deliveries.id))).rowcount
+        settled = session.execute(
             # Holding the lease means pending (every other state clears it); a state condition here would also
             # tempt SQLite to walk the state index instead of looking the ids up.
             update(Delivery).where(in_values(Delivery.id, ids), Delivery.lease_owner == owner_id)
@@ -402,8 +430,11 @@ async def _record_alike(ctx: ServiceContext, owner_id: str, target: Target, atte
                     first_attempt_time_us=func.coalesce(Delivery.first_attempt_time_us, attempt_time_us),
                     last_attempt_time_us=attempt_time_us, next_attempt_time_us=attempt_time_us, **_clear_lease())
             .execution_options(synchronize_session=False)
-        )).rowcount
-        await _update_health(session, target.row_id, attempts[:1])
+        ).rowcount
+        _update_health(session, target.row_id, attempts[:1])
+        return logged, settled
+
+    logged, settled = await ctx.db.write(settle)
     if settled < len(ids):
         log.warning("%d of %d postbacks of %s were erased, or their lease lost, while sending; their attempts are "
                     "logged where they still exist, their state left as it is", len(ids) - settled, len(ids),
@@ -490,13 +521,13 @@ def _settle(ctx: ServiceContext, policy: RetryPolicy, owner_id: str, target: Tar
     return change, log_rows
 
 
-async def _update_health(session: AsyncSession, config_row_id: int, attempts: Sequence[Attempt]) -> None:
+def _update_health(session: Session, config_row_id: int, attempts: Sequence[Attempt]) -> None:
     """Health is derived from the newest success and the newest credential failure; only ever moved forward."""
     for column, outcome in ((PostbackConfig.last_success_time_us, Outcome.SUCCESS),
                             (PostbackConfig.last_credential_failure_time_us, Outcome.FAILED_CREDENTIALS)):
         times = [a.attempt_time_us for a in attempts if a.classification.outcome is outcome]
         if times:
-            await session.execute(
+            session.execute(
                 update(PostbackConfig)
                 .where(PostbackConfig.id == config_row_id, or_(column.is_(None), column < max(times)))
                 .values({column.key: max(times)})

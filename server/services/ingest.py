@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from sqlalchemy import Table, and_, bindparam, exists, or_, select, text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from server.core import attribution
 from server.core.attribution import Click, Config, Conversion, Decision, Player
@@ -24,7 +24,7 @@ from server.services.conversions import (
     ClickView,
     ConversionView,
     PostbackView,
-    load_conversion_views,
+    conversion_views,
 )
 from server.store.models import Delivery, Erasure, Event, Game, IdentityLink, PostbackConfig
 from server.store.queries import game_rows_in_parameters, in_parameter
@@ -57,15 +57,7 @@ async def ingest_groups(ctx: ServiceContext, groups: Sequence[tuple[str, Sequenc
     per_game: dict[str, list[NewEvent]] = {}
     for game_id, events in groups:
         per_game.setdefault(game_id, []).extend(events)
-    results: dict[str, _GameResult] = {}
-    async with ctx.db.transaction() as session:
-        if not ctx.db.is_sqlite:
-            # Attribution reads a player's history and then writes on it: one writer per game at a time keeps a
-            # click and a conversion committed concurrently from missing each other. Sorted: no lock cycles.
-            for game_id in sorted(per_game):
-                await session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:game))"), {"game": game_id})
-        for game_id, events in per_game.items():
-            results[game_id] = await _ingest_game(ctx, session, game_id, events, now_us)
+    results = await ctx.db.write(lambda session: _ingest_games(ctx, session, per_game, now_us))
     if any(result.owed for result in results.values()):
         ctx.outbox_changed()
     for result in results.values():
@@ -82,10 +74,20 @@ class _GameResult:
     owed: int
 
 
-async def _ingest_game(ctx: ServiceContext, session: AsyncSession, game_id: str, events: list[NewEvent],
+def _ingest_games(ctx: ServiceContext, session: Session, per_game: dict[str, list[NewEvent]],
+                  now_us: int) -> dict[str, _GameResult]:
+    if not ctx.db.is_sqlite:
+        # Attribution reads a player's history and then writes on it: one writer per game at a time keeps a click
+        # and a conversion committed concurrently from missing each other. Sorted: no lock cycles.
+        for game_id in sorted(per_game):
+            session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:game))"), {"game": game_id})
+    return {game_id: _ingest_game(ctx, session, game_id, events, now_us) for game_id, events in per_game.items()}
+
+
+def _ingest_game(ctx: ServiceContext, session: Session, game_id: str, events: list[NewEvent],
                        now_us: int) -> _GameResult:
     fingerprints = [e.fingerprint() for e in events]
-    first_seen = await _existing_fingerprints(session, game_id, [e.event_id for e in events])
+    first_seen = _existing_fingerprints(session, game_id, [e.event_id for e in events])
     new_indexes = []
     for index, event in enumerate(events):
         if event.event_id not in first_seen:
@@ -93,11 +95,11 @@ async def _ingest_game(ctx: ServiceContext, session: AsyncSession, game_id: str,
             new_indexes.append(index)
     stored = _Stored()
     if new_indexes:
-        stored = await _store_and_attribute(ctx, session, game_id, [events[i] for i in new_indexes],
+        stored = _store_and_attribute(ctx, session, game_id, [events[i] for i in new_indexes],
                                             [fingerprints[i] for i in new_indexes], now_us)
     # Duplicates (and conversions re-decided within this call) are read back as they now stand.
     unknown = [e.event_id for e in events if e.kind in _CONVERSION_TYPES and e.event_id not in stored.views]
-    views = {**stored.views, **(await load_conversion_views(session, game_id, unknown) if unknown else {})}
+    views = {**stored.views, **(conversion_views(session, game_id, unknown) if unknown else {})}
     new = set(new_indexes)
     receipts = [
         IngestReceipt(game_id, e.event_id, False, False, views.get(e.event_id)) if i in new else
@@ -112,7 +114,7 @@ class GroupCommitter:
     queue; the next transaction takes them all. Light load pays no wait, heavy load shares one commit (fsync)
     and one set of attribution queries among many requests."""
 
-    def __init__(self, ctx: ServiceContext, max_events: int = 1000, gather_from: int = 16, gather_s: float = 0.03,
+    def __init__(self, ctx: ServiceContext, max_events: int = 1000, gather_from: int = 8, gather_s: float = 0.03,
                  gather_tick_s: float = 0.005):
         self._ctx = ctx
         self._max_events = max_events
@@ -178,8 +180,8 @@ class GroupCommitter:
                 future.set_result(receipts)
 
 
-async def _existing_fingerprints(session: AsyncSession, game_id: str, event_ids: list[str]) -> dict[str, str]:
-    rows = await session.execute(_EXISTING_FINGERPRINTS, {"game": game_id, "event_ids": event_ids})
+def _existing_fingerprints(session: Session, game_id: str, event_ids: list[str]) -> dict[str, str]:
+    rows = session.execute(_EXISTING_FINGERPRINTS, {"game": game_id, "event_ids": event_ids})
     return {event_id: digest for event_id, digest in rows}
 
 
@@ -303,18 +305,18 @@ def _player_keys(player: Player) -> set[str]:
             | {"e:" + e for e in player.email_hashes})
 
 
-async def _load_history(session: AsyncSession, game_id: str, user_ids: set[str], anonymous_ids: set[str],
+def _load_history(session: Session, game_id: str, user_ids: set[str], anonymous_ids: set[str],
                         emails: set[str], *, has_erasures: bool, with_launches: bool = True,
                         awaiting_since: int | None = None) -> _History:
     """The history of the players with these identities. Launches are left out when nothing will ask whether a
     player launched before (re-decisions), and erasures when the game has no tombstones at all. With awaiting_since,
     the players' conversions received since then and still awaiting late data come along (history.awaiting)."""
     history = _History()
-    link_rows = (await session.execute(
+    link_rows = (session.execute(
         _LINKS, {"game": game_id, "users": user_ids, "anons": anonymous_ids, "emails": emails})).all()
     users = user_ids | {link.user_id for link in link_rows}
     if users - user_ids:  # a user reached through an anonymous id brings that user's other devices
-        link_rows = (await session.execute(
+        link_rows = (session.execute(
             _LINKS, {"game": game_id, "users": users, "anons": anonymous_ids, "emails": emails})).all()
     for user_id, anonymous_id, email, email_reddit in link_rows:
         if anonymous_id:
@@ -328,9 +330,9 @@ async def _load_history(session: AsyncSession, game_id: str, user_ids: set[str],
     # anonymous id only.
     parameters = {"game": game_id, "users": users, "anons": anons, "emails": emails}
     if awaiting_since is None:
-        rows = await session.execute(_CLICKS_AND_LAUNCHES if with_launches else _CLICKS, parameters)
+        rows = session.execute(_CLICKS_AND_LAUNCHES if with_launches else _CLICKS, parameters)
     else:
-        rows = await session.execute(_HISTORY_AND_AWAITING, {**parameters, "since": awaiting_since})
+        rows = session.execute(_HISTORY_AND_AWAITING, {**parameters, "since": awaiting_since})
     launched = history.launched
     for row in rows:
         kind = row.kind
@@ -347,14 +349,14 @@ async def _load_history(session: AsyncSession, game_id: str, user_ids: set[str],
                 row.email_sha256, row.email_sha256_reddit, row.no_postback_reason))
     if has_erasures:
         digests = subject_digests(users, anons, emails)
-        history.erased = set((await session.execute(_ERASED, {"game": game_id, "digests": digests})).scalars())
+        history.erased = set((session.execute(_ERASED, {"game": game_id, "digests": digests})).scalars())
     return history
 
 
-async def _game_rules(session: AsyncSession, game_id: str) -> tuple[list[Config], dict[str, int], int, bool]:
+def _game_rules(session: Session, game_id: str) -> tuple[list[Config], dict[str, int], int, bool]:
     """The game's postback configs (as attribution sees them, and their row ids), its lookback window, and whether
     it has any erasure tombstones."""
-    rows = (await session.execute(_GAME_RULES, {"game": game_id})).all()
+    rows = (session.execute(_GAME_RULES, {"game": game_id})).all()
     config_rows = [row for row in rows if row.config_id is not None]
     configs = [
         Config(c.config_id, Network(c.network), c.enabled, frozenset(EventType(t) for t in c.trigger_events.split(",")))
@@ -385,16 +387,16 @@ def _new_view(game_id: str, event: NewEvent, conversion_type: EventType, decisio
     )
 
 
-async def _store_and_attribute(ctx: ServiceContext, session: AsyncSession, game_id: str, events: list[NewEvent],
+def _store_and_attribute(ctx: ServiceContext, session: Session, game_id: str, events: list[NewEvent],
                                fingerprints: list[str], now_us: int) -> _Stored:
     """Inserts the new events with their conversions' decisions and the deliveries they owe."""
-    configs, config_row_ids, lookback_us, has_erasures = await _game_rules(session, game_id)
+    configs, config_row_ids, lookback_us, has_erasures = _game_rules(session, game_id)
     configs_by_id = {c.config_id: c for c in configs}
     # Late data (a paid click, an identify) may change recent conversions' decisions: those awaiting it are read
     # with the history, as they stood before this batch.
     late_data = any((e.kind == EventKind.AD_CLICK and e.network) or e.kind == EventKind.IDENTIFY for e in events)
     grace_us = int(ctx.settings.attribution_grace_s * 1_000_000)
-    history = await _load_history(
+    history = _load_history(
         session, game_id,
         {e.user_id for e in events if e.user_id},
         {e.anonymous_id for e in events if e.anonymous_id},
@@ -426,23 +428,23 @@ async def _store_and_attribute(ctx: ServiceContext, session: AsyncSession, game_
         history.add_event(event)
         rows.append((*_event_values(game_id, event, fingerprint, now_us, email, email_reddit), *decided))
 
-    await _insert(session, Event.__table__, _EVENT_COLUMNS, rows)
+    _insert(session, Event.__table__, _EVENT_COLUMNS, rows)
     link_rows = [
         (game_id, e.user_id, e.anonymous_id, e.email_sha256, e.email_sha256_reddit, now_us)
         for e in events if e.kind == EventKind.IDENTIFY and e.user_id and (e.anonymous_id or e.email_sha256)
     ]
     if link_rows:
-        await _insert(session, IdentityLink.__table__, _LINK_COLUMNS, link_rows)
+        _insert(session, IdentityLink.__table__, _LINK_COLUMNS, link_rows)
     changes: list[tuple[_Awaiting, Decision, str | None, str | None]] = []
     if late_data:
-        changes = await _reevaluate_recent(session, game_id, events, history, awaiting, configs, lookback_us,
+        changes = _reevaluate_recent(session, game_id, events, history, awaiting, configs, lookback_us,
                                            now_us, grace_us, has_erasures=has_erasures)
     # Row ids, for the deliveries: of the conversions that owe postbacks, and of this batch's re-decided ones.
     wanted = [*owed, *(c.event_id for c, _, _, _ in changes if c.row_id is None)]
     row_ids: dict[str, int] = {}
     if wanted:
         row_ids = {event_id: row_id for event_id, row_id in
-                   await session.execute(_ROW_IDS, {"game": game_id, "event_ids": wanted})}
+                   session.execute(_ROW_IDS, {"game": game_id, "event_ids": wanted})}
     deliveries = [_delivery_values(game_id, row_ids[event_id], config_row_ids[config_id], now_us)
                   for event_id, config_ids in owed.items() for config_id in config_ids]
     updates: list[dict[str, object]] = []
@@ -455,17 +457,17 @@ async def _store_and_attribute(ctx: ServiceContext, session: AsyncSession, game_
         stored.views.pop(conversion.event_id, None)
     if updates:
         events_table = Event.__table__
-        await session.execute(
+        session.execute(
             events_table.update().where(events_table.c.id == bindparam("row_id")).values(
                 {column: bindparam(column) for column in updates[0] if column != "row_id"}),
             updates)
     if deliveries:
-        await _insert(session, Delivery.__table__, _DELIVERY_COLUMNS, deliveries)
+        _insert(session, Delivery.__table__, _DELIVERY_COLUMNS, deliveries)
     stored.owed = len(deliveries)
     return stored
 
 
-async def _reevaluate_recent(session: AsyncSession, game_id: str, events: list[NewEvent], batch_history: _History,
+def _reevaluate_recent(session: Session, game_id: str, events: list[NewEvent], batch_history: _History,
                              batch_awaiting: list[_Awaiting], configs: list[Config], lookback_us: int, now_us: int,
                              grace_us: int, *,
                              has_erasures: bool) -> list[tuple[_Awaiting, Decision, str | None, str | None]]:
@@ -484,7 +486,7 @@ async def _reevaluate_recent(session: AsyncSession, game_id: str, events: list[N
     # it covers (usually all of them: candidates are found through the batch's identities).
     history = batch_history
     if not all(batch_history.covers(c.user_id, c.anonymous_id, c.email_sha256) for c in candidates):
-        history = await _load_history(
+        history = _load_history(
             session, game_id,
             {c.user_id for c in candidates if c.user_id},
             {c.anonymous_id for c in candidates if c.anonymous_id},
@@ -565,9 +567,9 @@ _DELIVERY_COLUMNS = ("game_id", "event_row_id", "config_row_id", "state", "attem
                      "create_time_us")
 
 
-async def _insert(session: AsyncSession, table: Table, columns: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:
-    connection = await session.connection()
-    await connection.exec_driver_sql(_insert_statement(connection.dialect, table, columns), rows)  # type: ignore[arg-type]
+def _insert(session: Session, table: Table, columns: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:
+    connection = session.connection()
+    connection.exec_driver_sql(_insert_statement(connection.dialect, table, columns), rows)  # type: ignore[arg-type]
 
 
 @functools.cache

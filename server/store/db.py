@@ -1,20 +1,25 @@
 """Engine and session setup for SQLite (embedded default) and PostgreSQL, and schema migration on start."""
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import pathlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = pathlib.Path(__file__).parent / "migrations"
 # Any constant shared by all replicas: serialises concurrent migrations on one PostgreSQL database.
 _MIGRATION_LOCK_KEY = 0x706F73746261636B
+
+T = TypeVar("T")
 
 
 class Database:
@@ -33,9 +38,9 @@ class Database:
             sqlite_args = {"cached_statements": 16}
             self.engine: AsyncEngine = create_async_engine(url, pool_size=pool_size, max_overflow=0,
                                                            connect_args=sqlite_args)
-            _configure_sqlite(self.engine, sqlite_synchronous, begin="BEGIN IMMEDIATE")
+            _configure_sqlite(self.engine.sync_engine, sqlite_synchronous, begin="BEGIN IMMEDIATE")
             read_engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, connect_args=sqlite_args)
-            _configure_sqlite(read_engine, sqlite_synchronous, begin="BEGIN")
+            _configure_sqlite(read_engine.sync_engine, sqlite_synchronous, begin="BEGIN")
         else:
             # Plans for the actual values every time: a generic plan cached while a table was still small kept
             # scanning it whole once it had grown (batch ingest fell from about 9,000 to 550 events/s over 200,000).
@@ -47,6 +52,14 @@ class Database:
         self._write_turn = asyncio.Lock() if self.is_sqlite else None
         self._read_engine = read_engine
         self._read_sessions = async_sessionmaker(read_engine, expire_on_commit=False, autoflush=False)
+        # SQLite's hot use cases run as plain code on connections of threads of their own: see write() and read().
+        self._writer: _ThreadLane | None = None
+        self._reader: _ThreadLane | None = None
+        if self.is_sqlite and self.url.database and self.url.database != ":memory:":
+            self._writer = _ThreadLane(self.url, sqlite_args, sqlite_synchronous, begin="BEGIN IMMEDIATE",
+                                       threads=1, name="sqlite-writer")
+            self._reader = _ThreadLane(self.url, sqlite_args, sqlite_synchronous, begin="BEGIN", threads=2,
+                                       name="sqlite-reader")
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -59,6 +72,25 @@ class Database:
         # last one commits; left to SQLite's busy handler, a waiting writer sleeps in steps of up to 100 ms.
         async with self._write_turn, self.sessions() as session, session.begin():
             yield session
+
+    async def write(self, work: Callable[[Session], T]) -> T:
+        """Runs `work`, synchronous code, as one write transaction: commits when it returns, rolls back when it
+        raises. On SQLite it runs in the writer thread, handed over once: each statement of an async session waits
+        for a turn of the event loop and pays aiosqlite's thread hand-overs, which under load held the write lock
+        for tens of milliseconds per transaction. On PostgreSQL it runs in the session's greenlet (run_sync)."""
+        if self._writer is None or self._writer.closed:
+            async with self.transaction() as session:
+                return await session.run_sync(work)
+        async with self._write_turn:  # type: ignore[union-attr]
+            return await self._writer.run(work)
+
+    async def read(self, work: Callable[[Session], T]) -> T:
+        """Runs `work`, synchronous code, in a snapshot() transaction; on SQLite in a reader thread, handed over
+        once, for the reasons write() gives."""
+        if self._reader is None or self._reader.closed:
+            async with self.snapshot() as session:
+                return await session.run_sync(work)
+        return await self._reader.run(work)
 
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[AsyncSession]:
@@ -73,9 +105,41 @@ class Database:
             await conn.run_sync(_upgrade_to_head)
 
     async def close(self) -> None:
+        for lane in (self._writer, self._reader):
+            if lane is not None:
+                await lane.close()
         await self.engine.dispose()
         if self._read_engine is not self.engine:
             await self._read_engine.dispose()
+
+
+class _ThreadLane:
+    """Synchronous SQLite sessions on connections owned by a few threads: a use case is handed over once and runs
+    there whole, while the event loop goes on."""
+
+    def __init__(self, url: URL, connect_args: dict[str, Any], synchronous: str, *, begin: str, threads: int,
+                 name: str) -> None:
+        self._engine = create_engine(url.set(drivername="sqlite"), pool_size=threads, max_overflow=0,
+                                     connect_args={**connect_args, "check_same_thread": False})
+        _configure_sqlite(self._engine, synchronous, begin=begin)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False, autoflush=False)
+        self._threads = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=name)
+        self.closed = False
+
+    async def run(self, work: Callable[[Session], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, self._run_here, work)
+
+    def _run_here(self, work: Callable[[Session], T]) -> T:
+        with self._sessions() as session, session.begin():
+            return work(session)
+
+    async def close(self) -> None:
+        if self.closed:  # a stop after a stop
+            return
+        self.closed = True
+        # Behind any transaction still running: the threads take work in order.
+        await asyncio.get_running_loop().run_in_executor(self._threads, self._engine.dispose)
+        self._threads.shutdown()
 
 
 def _create_private_file(path: pathlib.Path) -> None:
@@ -86,8 +150,8 @@ def _create_private_file(path: pathlib.Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
-def _configure_sqlite(engine: AsyncEngine, synchronous: str, *, begin: str) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _configure_sqlite(engine: Engine, synchronous: str, *, begin: str) -> None:
+    @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
         # Take over transaction control from the driver so the BEGIN below is the only one.
         dbapi_connection.isolation_level = None
@@ -100,7 +164,7 @@ def _configure_sqlite(engine: AsyncEngine, synchronous: str, *, begin: str) -> N
         cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def on_begin(conn):  # type: ignore[no-untyped-def]
         conn.exec_driver_sql(begin)
 
