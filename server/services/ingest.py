@@ -57,7 +57,10 @@ async def ingest_groups(ctx: ServiceContext, groups: Sequence[tuple[str, Sequenc
     per_game: dict[str, list[NewEvent]] = {}
     for game_id, events in groups:
         per_game.setdefault(game_id, []).extend(events)
-    results = await ctx.db.write(lambda session: _ingest_games(ctx, session, per_game, now_us))
+    # Fingerprints are computed before the transaction: on SQLite it runs in the writer thread, which every write
+    # of the process shares, and this much needs no database.
+    fingerprints = {game_id: [e.fingerprint() for e in events] for game_id, events in per_game.items()}
+    results = await ctx.db.write(lambda session: _ingest_games(ctx, session, per_game, fingerprints, now_us))
     if any(result.owed for result in results.values()):
         ctx.outbox_changed()
     for result in results.values():
@@ -75,18 +78,18 @@ class _GameResult:
 
 
 def _ingest_games(ctx: ServiceContext, session: Session, per_game: dict[str, list[NewEvent]],
-                  now_us: int) -> dict[str, _GameResult]:
+                  fingerprints: dict[str, list[str]], now_us: int) -> dict[str, _GameResult]:
     if not ctx.db.is_sqlite:
         # Attribution reads a player's history and then writes on it: one writer per game at a time keeps a click
         # and a conversion committed concurrently from missing each other. Sorted: no lock cycles.
         for game_id in sorted(per_game):
             session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:game))"), {"game": game_id})
-    return {game_id: _ingest_game(ctx, session, game_id, events, now_us) for game_id, events in per_game.items()}
+    return {game_id: _ingest_game(ctx, session, game_id, events, fingerprints[game_id], now_us)
+            for game_id, events in per_game.items()}
 
 
-def _ingest_game(ctx: ServiceContext, session: Session, game_id: str, events: list[NewEvent],
-                       now_us: int) -> _GameResult:
-    fingerprints = [e.fingerprint() for e in events]
+def _ingest_game(ctx: ServiceContext, session: Session, game_id: str, events: list[NewEvent], fingerprints: list[str],
+                 now_us: int) -> _GameResult:
     first_seen = _existing_fingerprints(session, game_id, [e.event_id for e in events])
     new_indexes = []
     for index, event in enumerate(events):
@@ -96,7 +99,7 @@ def _ingest_game(ctx: ServiceContext, session: Session, game_id: str, events: li
     stored = _Stored()
     if new_indexes:
         stored = _store_and_attribute(ctx, session, game_id, [events[i] for i in new_indexes],
-                                            [fingerprints[i] for i in new_indexes], now_us)
+                                      [fingerprints[i] for i in new_indexes], now_us)
     # Duplicates (and conversions re-decided within this call) are read back as they now stand.
     unknown = [e.event_id for e in events if e.kind in _CONVERSION_TYPES and e.event_id not in stored.views]
     views = {**stored.views, **(conversion_views(session, game_id, unknown) if unknown else {})}
@@ -181,8 +184,7 @@ class GroupCommitter:
 
 
 def _existing_fingerprints(session: Session, game_id: str, event_ids: list[str]) -> dict[str, str]:
-    rows = session.execute(_EXISTING_FINGERPRINTS, {"game": game_id, "event_ids": event_ids})
-    return {event_id: digest for event_id, digest in rows}
+    return dict(session.execute(_EXISTING_FINGERPRINTS, {"game": game_id, "event_ids": event_ids}).all())
 
 
 @dataclass
@@ -329,24 +331,25 @@ def _load_history(session: Session, game_id: str, user_ids: set[str], anonymous_
     # Clicks, launches and awaiting conversions in one pass over the players' rows. Launches count by user or
     # anonymous id only.
     parameters = {"game": game_id, "users": users, "anons": anons, "emails": emails}
+    # All rows at once and unpacked by position: a few hundred thousand rows a minute pass through here.
     if awaiting_since is None:
-        rows = session.execute(_CLICKS_AND_LAUNCHES if with_launches else _CLICKS, parameters)
+        rows = session.execute(_CLICKS_AND_LAUNCHES if with_launches else _CLICKS, parameters).all()
     else:
-        rows = session.execute(_HISTORY_AND_AWAITING, {**parameters, "since": awaiting_since})
+        rows = session.execute(_HISTORY_AND_AWAITING, {**parameters, "since": awaiting_since}).all()
     launched = history.launched
-    for row in rows:
-        kind = row.kind
+    for event_id, kind, network, click_id, event_time_us, user_id, anonymous_id, email_sha256, *awaiting in rows:
         if kind == _AD_CLICK:
-            history.add_click(Click(row.event_id, Network(row.network), row.click_id, row.event_time_us, row.user_id,
-                                    row.anonymous_id, row.email_sha256))
+            history.add_click(Click(event_id, _NETWORKS[network], click_id, event_time_us, user_id, anonymous_id,
+                                    email_sha256))
             continue
-        if kind == _GAME_LAUNCH and (row.user_id in users or row.anonymous_id in anons):
-            launched.update(_identity_keys(row.user_id, row.anonymous_id, None))
-        if (awaiting_since is not None and row.no_postback_reason in _AWAITING_LATE_DATA
-                and row.receive_time_us >= awaiting_since):
-            history.awaiting.append(_Awaiting(
-                row.id, row.event_id, kind, row.event_time_us, row.receive_time_us, row.user_id, row.anonymous_id,
-                row.email_sha256, row.email_sha256_reddit, row.no_postback_reason))
+        if kind == _GAME_LAUNCH and (user_id in users or anonymous_id in anons):
+            launched.update(_identity_keys(user_id, anonymous_id, None))
+        if awaiting:
+            row_id, receive_time_us, email_sha256_reddit, no_postback_reason = awaiting
+            if no_postback_reason in _AWAITING_LATE_DATA and receive_time_us >= awaiting_since:  # type: ignore[operator]
+                history.awaiting.append(_Awaiting(
+                    row_id, event_id, kind, event_time_us, receive_time_us, user_id, anonymous_id, email_sha256,
+                    email_sha256_reddit, no_postback_reason))
     if has_erasures:
         digests = subject_digests(users, anons, emails)
         history.erased = set((session.execute(_ERASED, {"game": game_id, "digests": digests})).scalars())
@@ -443,8 +446,7 @@ def _store_and_attribute(ctx: ServiceContext, session: Session, game_id: str, ev
     wanted = [*owed, *(c.event_id for c, _, _, _ in changes if c.row_id is None)]
     row_ids: dict[str, int] = {}
     if wanted:
-        row_ids = {event_id: row_id for event_id, row_id in
-                   session.execute(_ROW_IDS, {"game": game_id, "event_ids": wanted})}
+        row_ids = dict(session.execute(_ROW_IDS, {"game": game_id, "event_ids": wanted}).all())
     deliveries = [_delivery_values(game_id, row_ids[event_id], config_row_ids[config_id], now_us)
                   for event_id, config_ids in owed.items() for config_id in config_ids]
     updates: list[dict[str, object]] = []
@@ -517,6 +519,7 @@ def _reevaluate_recent(session: Session, game_id: str, events: list[NewEvent], b
 _EVENTS, _LINKS_TABLE, _CONFIGS, _GAMES, _ERASURES = (model.__table__.c for model in (  # type: ignore[attr-defined]
     Event, IdentityLink, PostbackConfig, Game, Erasure))
 _AD_CLICK = EventKind.AD_CLICK.value
+_NETWORKS = {network.value: network for network in Network}
 _GAME_LAUNCH = EventKind.GAME_LAUNCH.value
 _EXISTING_FINGERPRINTS = select(_EVENTS.event_id, _EVENTS.payload_sha256).where(
     _EVENTS.game_id == bindparam("game"), in_parameter(_EVENTS.event_id, "event_ids"))
