@@ -9,8 +9,10 @@ from google.protobuf import timestamp_pb2
 
 from postbacks.v1 import event_pb2, event_service_pb2, event_service_pb2_grpc, network_pb2
 
-# Safe to retry: every event carries the caller's event_id and the service deduplicates on it.
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# Safe to retry: every event carries the caller's event_id and the service deduplicates on it. CANCELLED is how a
+# server that cannot keep up sheds calls it has not started (gRPC's limit on calls waiting for the server); this
+# process cancelling its own call raises asyncio.CancelledError instead.
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 
 
 def _timestamp(when: dt.datetime | None) -> timestamp_pb2.Timestamp:

@@ -4,7 +4,7 @@ import grpc
 import pytest
 
 from clients.postbacks_client import PostbacksClient, ad_click, game_launch, identify, purchase
-from postbacks.v1 import conversion_pb2
+from postbacks.v1 import conversion_pb2, event_pb2, event_service_pb2, event_service_pb2_grpc
 from tests.helpers import create_config
 
 
@@ -34,3 +34,33 @@ async def test_bad_input_and_a_missing_key_are_not_retried(app) -> None:  # type
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await client.ingest("g", game_launch("l1", user_id="p1"))
         assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+class _StumblingEventService(event_service_pb2_grpc.EventServiceServicer):
+    """Answers each call's first attempt with `code`, as an overloaded or restarting server does, then accepts it."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self.code = code
+        self.attempts: list[str] = []
+
+    async def IngestEvent(self, request, context):  # type: ignore[no-untyped-def]
+        self.attempts.append(request.event.event_id)
+        if self.attempts.count(request.event.event_id) == 1:
+            await context.abort(self.code, "not this time")
+        return event_service_pb2.IngestEventResponse(result=event_pb2.IngestResult(name=f"{request.parent}/events/{request.event.event_id}"))
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED])
+async def test_calls_a_server_shed_or_dropped_are_sent_again(code: grpc.StatusCode) -> None:
+    service = _StumblingEventService(code)
+    server = grpc.aio.server()
+    event_service_pb2_grpc.add_EventServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with PostbacksClient(f"127.0.0.1:{port}") as client:
+            result = await client.ingest("g", game_launch("l1", user_id="p1"))
+    finally:
+        await server.stop(None)
+    assert result.name == "games/g/events/l1"
+    assert service.attempts == ["l1", "l1"]
