@@ -78,19 +78,20 @@ class Database:
         raises. On SQLite it runs in the writer thread, handed over once: each statement of an async session waits
         for a turn of the event loop and pays aiosqlite's thread hand-overs, which under load held the write lock
         for tens of milliseconds per transaction. On PostgreSQL it runs in the session's greenlet (run_sync)."""
-        if self._writer is None or self._writer.closed:
-            async with self.transaction() as session:
-                return await session.run_sync(work)
-        async with self._write_turn:  # type: ignore[union-attr]
-            return await self._writer.run(work)
+        if self._writer is not None:
+            async with self._write_turn:  # type: ignore[union-attr]
+                if not self._writer.closed:  # not while the process stops: then the async engine serves
+                    return await self._writer.run(work)
+        async with self.transaction() as session:
+            return await session.run_sync(work)
 
     async def read(self, work: Callable[[Session], T]) -> T:
         """Runs `work`, synchronous code, in a snapshot() transaction; on SQLite in a reader thread, handed over
         once, for the reasons write() gives."""
-        if self._reader is None or self._reader.closed:
-            async with self.snapshot() as session:
-                return await session.run_sync(work)
-        return await self._reader.run(work)
+        if self._reader is not None and not self._reader.closed:
+            return await self._reader.run(work)
+        async with self.snapshot() as session:
+            return await session.run_sync(work)
 
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[AsyncSession]:
@@ -137,7 +138,7 @@ class _ThreadLane:
         if self.closed:  # a stop after a stop
             return
         self.closed = True
-        # Behind any transaction still running: the threads take work in order.
+        # Handed over like the work: once what came before has started (with one thread, once it has ended).
         await asyncio.get_running_loop().run_in_executor(self._threads, self._engine.dispose)
         self._threads.shutdown()
 
