@@ -148,3 +148,26 @@ async def assert_serves_health_only(channel) -> None:  # type: ignore[no-untyped
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await h.ingest(channel, "g1", h.purchase("p-x", user_id="u1"))
     assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_a_graceful_stop_hands_back_the_leases_of_the_sends_it_abandons(
+        tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+    # A lease far longer than the test: only handing it back lets the next server send the postback in time.
+    settings = settings_for(tmp_path, database_url, fake_network, dispatch_lease_s=600.0, http_total_timeout_s=60.0)
+    first = App(settings)
+    await first.start()
+    try:
+        async with h.authorized_channel(first) as channel:
+            await h.create_config(channel, "g1", network=TIKTOK, pixel_id="CTHOLD9")
+            fake_network.script("tiktok", [Reply.slow(60)], pixel_id="CTHOLD9")
+            await convert(channel, "u1", TIKTOK, "p1")
+            await wait_until(lambda: len(postback_requests(fake_network)) == 1)  # held by the network: in flight
+    finally:
+        await first.stop(grace_s=0)  # graceful, with no grace: the held send is abandoned
+    (delivery,) = await deliveries(first)
+    await first.db.close()
+    assert (delivery.state, delivery.lease_owner, delivery.lease_expire_time_us) == (DeliveryState.PENDING, None, None)
+
+    async with running_app(settings) as second:
+        await wait_until(lambda: all_succeeded(second, 1))
+    assert arrivals(fake_network)["CTHOLD9", "p1"] == 2

@@ -60,7 +60,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._in_flight: dict[asyncio.Task[None], int] = {}  # a batch being sent -> its config row id
+        self._in_flight: dict[asyncio.Task[None], Batch] = {}  # a batch being sent, by the task sending it
         self._buckets: dict[int, TokenBucket] = {}
 
     def start(self) -> None:
@@ -71,8 +71,9 @@ class Dispatcher:
         self._wake.set()
 
     async def stop(self, grace_s: float = 0.0) -> None:
-        """Stops claiming, lets batches in flight finish within the grace, then abandons the rest: their leases
-        expire and whichever dispatcher runs next sends them again (the networks merge repeats by dedup id)."""
+        """Stops claiming, lets batches in flight finish within the grace, then abandons the rest and hands their
+        leases back, so whichever dispatcher runs next sends them again at once instead of when the leases would
+        have expired (the networks merge repeats by dedup id). A crash leaves that to the leases' expiry."""
         # The flag ends the loop even if the cancellation is lost: on Python 3.11 it can be, when it lands just
         # as the wake event fires.
         self._stopping = True
@@ -84,9 +85,17 @@ class Dispatcher:
         tasks = list(self._in_flight)
         if tasks and grace_s > 0:
             await asyncio.wait(tasks, timeout=grace_s)
+        abandoned = [self._in_flight[task] for task in tasks if not task.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if abandoned:
+            ids = [d.delivery_id for batch in abandoned for d in batch.deliveries]
+            try:
+                await deliveries.release_leases(self._ctx, self.owner_id, ids)
+            except Exception:
+                log.exception("could not hand back the leases of %d abandoned postbacks; they are sent again once "
+                              "the leases expire", len(ids))
 
     async def _run(self) -> None:
         settings = self._ctx.settings
@@ -104,7 +113,7 @@ class Dispatcher:
                 else:
                     for batch in claim.batches:
                         task = asyncio.create_task(self._deliver(batch), name=f"deliver {batch.target.name}")
-                        self._in_flight[task] = batch.target.row_id
+                        self._in_flight[task] = batch
                         task.add_done_callback(self._finished)
                     if claim.batches:
                         timeout_s = 0  # there may be more due work than one claim takes
@@ -139,7 +148,8 @@ class Dispatcher:
     def _full_configs(self) -> list[int]:
         """Configs with as many batches in flight here as one config may have."""
         limit = self._ctx.settings.dispatch_batches_per_config
-        return [row_id for row_id, count in Counter(self._in_flight.values()).items() if count >= limit]
+        in_flight = Counter(batch.target.row_id for batch in self._in_flight.values())
+        return [row_id for row_id, count in in_flight.items() if count >= limit]
 
     async def _deliver(self, batch: Batch) -> None:
         target = batch.target

@@ -331,6 +331,15 @@ async def extend_leases(ctx: ServiceContext, owner_id: str, delivery_ids: Sequen
     ))
 
 
+async def release_leases(ctx: ServiceContext, owner_id: str, delivery_ids: Sequence[int]) -> None:
+    """Hands back this dispatcher's leases on these deliveries, for another dispatcher to take now. Holding the
+    lease means pending: every other state clears it."""
+    await ctx.db.write(lambda session: session.execute(
+        update(Delivery).where(in_values(Delivery.id, delivery_ids), Delivery.lease_owner == owner_id)
+        .values(**_clear_lease()).execution_options(synchronize_session=False)
+    ))
+
+
 def describe(c: Classification) -> str:
     """The network's answer in one line, for last_error: 'HTTP 200, code 40105: Access token is incorrect'."""
     status = f"HTTP {c.http_status}" if c.http_status else "no HTTP reply"
