@@ -64,21 +64,21 @@ async def get_conversion(ctx: ServiceContext, game_id: str, event_id: str) -> Co
 
 def conversion_views(session: Session, game_id: str, event_ids: Iterable[str]) -> dict[str, ConversionView]:
     # Plain rows, not ORM objects: nothing here is changed, and identity tracking costs per object.
-    rows = (session.execute(
+    rows = session.execute(
         select(Event.id, Event.event_id, Event.kind, Event.event_time_us, Event.receive_time_us, Event.user_id,
                Event.anonymous_id, Event.value_micros, Event.currency, Event.decision, Event.no_postback_reason,
                Event.attributed_click_event_id, Event.decide_time_us)
         .where(Event.game_id == game_id, in_values(Event.event_id, list(event_ids)), Event.kind.in_(CONVERSION_KINDS))
-    )).all()
+    ).all()
     if not rows:
         return {}
     click_ids = {r.attributed_click_event_id for r in rows if r.attributed_click_event_id}
     clicks = {
         event_id: ClickView(event_id, Network(network), click_id, time_us)
-        for event_id, network, click_id, time_us in (session.execute(
+        for event_id, network, click_id, time_us in session.execute(
             select(Event.event_id, Event.network, Event.click_id, Event.event_time_us)
             .where(Event.game_id == game_id, in_values(Event.event_id, click_ids))
-        ))
+        )
     } if click_ids else {}
     postbacks: dict[int, list[PostbackView]] = {}
     delivery_rows = session.execute(

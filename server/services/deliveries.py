@@ -247,7 +247,7 @@ def _target(ctx: ServiceContext, config: PostbackConfig, leased: int) -> Target 
 
 
 def _load_batch(session: Session, target: Target, leased: list[Row[Any]], now_us: int,
-                      unsendable: dict[int, str]) -> Batch:
+                unsendable: dict[int, str]) -> Batch:
     """The leased deliveries as postbacks, read with their conversions and attributed clicks in one query.
     Those the network would refuse whatever happens go into `unsendable` instead, with the reason."""
     columns = {row_id: columns for row_id, *columns in session.execute(
