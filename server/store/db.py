@@ -3,6 +3,7 @@
 import asyncio
 import concurrent.futures
 import contextlib
+import fcntl
 import os
 import pathlib
 from collections.abc import AsyncIterator, Callable
@@ -57,7 +58,8 @@ class Database:
         self._reader: _ThreadLane | None = None
         if self.is_sqlite and self.url.database and self.url.database != ":memory:":
             self._writer = _ThreadLane(self.url, sqlite_args, sqlite_synchronous, begin="BEGIN IMMEDIATE",
-                                       threads=1, name="sqlite-writer")
+                                       threads=1, name="sqlite-writer",
+                                       turn=_ProcessWriteTurn(pathlib.Path(self.url.database)))
             self._reader = _ThreadLane(self.url, sqlite_args, sqlite_synchronous, begin="BEGIN", threads=2,
                                        name="sqlite-reader")
 
@@ -119,19 +121,20 @@ class _ThreadLane:
     there whole, while the event loop goes on."""
 
     def __init__(self, url: URL, connect_args: dict[str, Any], synchronous: str, *, begin: str, threads: int,
-                 name: str) -> None:
+                 name: str, turn: "_ProcessWriteTurn | None" = None) -> None:
         self._engine = create_engine(url.set(drivername="sqlite"), pool_size=threads, max_overflow=0,
                                      connect_args={**connect_args, "check_same_thread": False})
         _configure_sqlite(self._engine, synchronous, begin=begin)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False, autoflush=False)
         self._threads = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=name)
+        self._turn = turn or contextlib.nullcontext()
         self.closed = False
 
     async def run(self, work: Callable[[Session], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._threads, self._run_here, work)
 
     def _run_here(self, work: Callable[[Session], T]) -> T:
-        with self._sessions() as session, session.begin():
+        with self._turn, self._sessions() as session, session.begin():
             return work(session)
 
     async def close(self) -> None:
@@ -141,6 +144,28 @@ class _ThreadLane:
         # Handed over like the work: once what came before has started (with one thread, once it has ended).
         await asyncio.get_running_loop().run_in_executor(self._threads, self._engine.dispose)
         self._threads.shutdown()
+        if isinstance(self._turn, _ProcessWriteTurn):
+            self._turn.close()
+
+
+class _ProcessWriteTurn:
+    """Writers of several processes on one SQLite file (an API process beside a dispatcher process) take turns on
+    a lock file, held only in the writer thread. Left to SQLite's busy handler, a waiting writer sleeps in steps of
+    up to 100 ms and wakes to find the lock taken again: postbacks waited most of a second at the tail. A blocked
+    flock() wakes the moment the holder lets go, and the kernel lets go for a process that dies. The rare writes
+    of async sessions (settings, erasure) still wait in the busy handler."""
+
+    def __init__(self, database: pathlib.Path) -> None:
+        self._fd = os.open(f"{database}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def __enter__(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc_info: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def _create_private_file(path: pathlib.Path) -> None:
