@@ -132,9 +132,10 @@ def main() -> None:
                         help="memory: run the server under tracemalloc and write what grew to bench/profiles/")
     parser.add_argument("--ingest-role", default="api", choices=("api", "all"),
                         help="server role for the two ingest benchmarks (default api: ingest measured alone)")
-    parser.add_argument("--latency-roles", default="all", choices=("all", "split"),
-                        help="latency: one server process (all, the default) or an API process beside a "
-                             "dispatcher process (split) on the same database")
+    parser.add_argument("--latency-roles", default="split", choices=("all", "split"),
+                        help="latency: an API process beside a dispatcher process on the same database (split, "
+                             "the default: the deployment the README gives for sustained load) or one server "
+                             "process (all, the embedded default)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (server logs, databases) and print where it is")
     parser.add_argument("--results", type=pathlib.Path,
@@ -155,7 +156,7 @@ def main() -> None:
             argv += ["--database-url", args.database_url]
         if args.ingest_role != "api" and name.startswith("ingest"):
             argv += ["--ingest-role", args.ingest_role]
-        if args.latency_roles != "all" and name == "latency":
+        if args.latency_roles != "split" and name == "latency":
             argv += ["--latency-roles", args.latency_roles]
         return shlex.join(argv)
 

@@ -298,8 +298,8 @@ async def deliver(opts: Options) -> Result:
 # --- 4. ingest-to-network latency ---------------------------------------------------------------------------------
 
 async def latency(opts: Options) -> Result:
-    """Open-loop 1,000 attributed conversions/s into the default single-process server (or, with --latency-roles
-    split, an API process beside a dispatcher process); time from each send to the fake network (in this process,
+    """Open-loop 1,000 attributed conversions/s into an API process beside a dispatcher process (or, with
+    --latency-roles all, the single-process server); time from each send to the fake network (in this process,
     same CLOCK_MONOTONIC) receiving that dedup id."""
     rate, seconds = 1000, opts.scale(20, 5)
     players = rate * seconds
