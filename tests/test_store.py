@@ -4,7 +4,6 @@ import asyncio
 import os
 import pathlib
 import stat
-import subprocess
 import sys
 
 from sqlalchemy import text
@@ -25,40 +24,44 @@ async def test_a_write_waits_for_another_process_turn_and_goes_on_the_moment_it_
     db = Database(sqlite_url)
     await db.migrate()
     lock_path = pathlib.Path(sqlite_url.split("///", 1)[1] + ".write-lock")
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(lock_path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = await _holding(lock_path)
     try:
-        assert holder.stdout is not None and holder.stdin is not None
-        assert holder.stdout.readline().strip() == "held"
+        assert holder.stdin is not None
         write = asyncio.create_task(db.write(
             lambda session: session.execute(text("INSERT INTO games VALUES ('games/g', 1, 2)"))))
         # Not a timing assertion: a write that ignored the other process's turn would be done long before this.
         done, _ = await asyncio.wait([write], timeout=1.0)
         assert not done
-        holder.stdin.write("\n")
-        holder.stdin.flush()
+        holder.stdin.write(b"\n")
+        await holder.stdin.drain()
         await asyncio.wait_for(write, timeout=30)
         count = await db.read(lambda session: session.execute(text("SELECT count(*) FROM games")).scalar_one())
         assert count == 1
         assert stat.S_IMODE(os.stat(lock_path).st_mode) == 0o600
     finally:
-        holder.kill()
-        holder.wait()
+        if holder.returncode is None:
+            holder.kill()
+        await holder.wait()
         await db.close()
 
 
 async def test_a_process_that_dies_holding_its_turn_lets_the_others_write(sqlite_url: str) -> None:
     db = Database(sqlite_url)
     await db.migrate()
-    lock_path = sqlite_url.split("///", 1)[1] + ".write-lock"
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, lock_path], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = await _holding(pathlib.Path(sqlite_url.split("///", 1)[1] + ".write-lock"))
     try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "held"
         holder.kill()
-        holder.wait()
+        await holder.wait()
         await asyncio.wait_for(db.write(
             lambda session: session.execute(text("INSERT INTO games VALUES ('games/g', 1, 2)"))), timeout=30)
     finally:
         await db.close()
+
+
+async def _holding(lock_path: pathlib.Path) -> asyncio.subprocess.Process:
+    """Another process, once it holds the lock."""
+    holder = await asyncio.create_subprocess_exec(sys.executable, "-c", _HOLDER, str(lock_path),
+                                                  stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert holder.stdout is not None
+    assert (await asyncio.wait_for(holder.stdout.readline(), timeout=30)).strip() == b"held"
+    return holder
