@@ -10,7 +10,7 @@ from server.core.hashing import hash_email_reddit, hash_email_tiktok, hash_exter
 from server.core.postback import Classification, Outcome
 from server.core.retry import give_up_reason
 from server.core.types import DeliveryState, Network
-from server.services.deliveries import CONFIG_DISABLED, Attempt, claim_due, record_attempts
+from server.services.deliveries import CONFIG_DISABLED, Attempt, lease_due, load_leased, record_attempts
 from server.store.models import Event
 from tests import helpers as h
 from tests.conftest import running_app, wait_until
@@ -334,9 +334,10 @@ async def test_recording_an_attempt_for_an_erased_conversion_is_harmless(tmp_pat
         await h.create_config(channel, "g1", network=TIKTOK)
         await h.ingest(channel, "g1", h.click("c1", user_id="u1", landing_url="https://game.example/?ttclid=TT-8"))
         await h.ingest(channel, "g1", h.purchase("p1", user_id="u1"))
-        claim = await claim_due(app.ctx, "test-owner", max_batches=4, batch_size=10)
-        [batch] = claim.batches
-        assert (await claim_due(app.ctx, "other-owner", max_batches=4, batch_size=10)).batches == []  # leased
+        [lease] = (await lease_due(app.ctx, "test-owner", max_batches=4, batch_size=10)).leases
+        batch = await load_leased(app.ctx, "test-owner", lease)
+        assert batch is not None
+        assert (await lease_due(app.ctx, "other-owner", max_batches=4, batch_size=10)).leases == []  # leased
         async with app.db.transaction() as session:  # what erasure does: the conversion and its outbox row go
             await session.execute(delete(Event).where(Event.event_id == "p1"))
         ok = Classification(Outcome.SUCCESS, 200, "0", "OK", "req-1")

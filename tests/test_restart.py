@@ -11,7 +11,7 @@ from sqlalchemy import select
 from postbacks.v1 import network_pb2
 from server.app import App
 from server.core.types import DeliveryState
-from server.services.deliveries import claim_due
+from server.services.deliveries import lease_due
 from server.store.models import Delivery
 from tests import helpers as h
 from tests.conftest import postgres_database, running_app, wait_until
@@ -127,8 +127,8 @@ async def test_a_claim_skips_rows_another_replica_is_claiming(tmp_path, fake_net
             held = set((await other_replica.execute(
                 select(Delivery.id).order_by(Delivery.id).limit(2).with_for_update())).scalars())
             # The deadline only keeps a regression (waiting on the held rows) from hanging the run.
-            claim = await asyncio.wait_for(claim_due(app.ctx, "this-replica", max_batches=4, batch_size=10), 10)
-        assert {d.delivery_id for b in claim.batches for d in b.deliveries} == every_id - held
+            claim = await asyncio.wait_for(lease_due(app.ctx, "this-replica", max_batches=4, batch_size=10), 10)
+        assert {i for lease in claim.leases for i in lease.delivery_ids} == every_id - held
 
 
 def count_sends(app: App, name: str, sends: collections.Counter[str]) -> None:

@@ -15,7 +15,7 @@ from server.core.types import Network
 from server.delivery.network_client import NetworkClient, Sent
 from server.services import deliveries
 from server.services.context import ServiceContext
-from server.services.deliveries import Attempt, Batch, ClaimedDelivery, Target
+from server.services.deliveries import Attempt, Batch, ClaimedDelivery, Lease, Target
 
 log = logging.getLogger("postbacks.dispatch")
 
@@ -60,7 +60,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._in_flight: dict[asyncio.Task[None], Batch] = {}  # a batch being sent, by the task sending it
+        self._in_flight: dict[asyncio.Task[None], Lease] = {}  # a batch being read and sent, by its task
         self._buckets: dict[int, TokenBucket] = {}
 
     def start(self) -> None:
@@ -90,7 +90,7 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if abandoned:
-            ids = [d.delivery_id for batch in abandoned for d in batch.deliveries]
+            ids = [delivery_id for lease in abandoned for delivery_id in lease.delivery_ids]
             try:
                 await deliveries.release_leases(self._ctx, self.owner_id, ids)
             except Exception:
@@ -105,17 +105,19 @@ class Dispatcher:
             free = settings.dispatch_concurrency - len(self._in_flight)
             if free > 0:
                 try:
-                    claim = await deliveries.claim_due(self._ctx, self.owner_id, max_batches=free,
+                    claim = await deliveries.lease_due(self._ctx, self.owner_id, max_batches=free,
                                                        batch_size=settings.dispatch_batch_size,
                                                        skip_config_row_ids=self._full_configs())
                 except Exception:
                     log.exception("claiming due postbacks failed; trying again in %.1fs", timeout_s)
                 else:
-                    for batch in claim.batches:
-                        task = asyncio.create_task(self._deliver(batch), name=f"deliver {batch.target.name}")
-                        self._in_flight[task] = batch
+                    # Each batch is read by its own task: the next lease is taken while this one's conversions
+                    # are read, which took the claim loop half its time when they were read here.
+                    for lease in claim.leases:
+                        task = asyncio.create_task(self._deliver(lease), name=f"deliver config {lease.config_row_id}")
+                        self._in_flight[task] = lease
                         task.add_done_callback(self._finished)
-                    if claim.batches:
+                    if claim.leases:
                         timeout_s = 0  # there may be more due work than one claim takes
                     elif claim.next_due_us is not None:
                         timeout_s = min(timeout_s, max(0.0, (claim.next_due_us - self._ctx.clock()) / 1e6))
@@ -148,12 +150,16 @@ class Dispatcher:
     def _full_configs(self) -> list[int]:
         """Configs with as many batches in flight here as one config may have."""
         limit = self._ctx.settings.dispatch_batches_per_config
-        in_flight = Counter(batch.target.row_id for batch in self._in_flight.values())
+        in_flight = Counter(lease.config_row_id for lease in self._in_flight.values())
         return [row_id for row_id, count in in_flight.items() if count >= limit]
 
-    async def _deliver(self, batch: Batch) -> None:
-        target = batch.target
+    async def _deliver(self, lease: Lease) -> None:
+        batch: Batch | None = None
         try:
+            batch = await deliveries.load_leased(self._ctx, self.owner_id, lease)
+            if batch is None:
+                return
+            target = batch.target
             attempts = await self._send(batch)
             await deliveries.record_attempts(self._ctx, self.owner_id, target, attempts)
             last = attempts[-1].classification
@@ -162,7 +168,7 @@ class Dispatcher:
                     last.outcome.value, deliveries.describe(last))
         except Exception:
             log.exception("sending %d postbacks of %s failed; they are sent again once their lease expires",
-                          len(batch.deliveries), target.name)
+                          len(lease.rows), batch.target.name if batch else f"config row {lease.config_row_id}")
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
