@@ -346,3 +346,16 @@ async def test_recording_an_attempt_for_an_erased_conversion_is_harmless(tmp_pat
 
         assert await deliveries(app) == [] and await delivery_logs(app) == []
         assert (await get_config(channel, batch.target.name)).health == HEALTH.POSTBACK_CONFIG_HEALTH_HEALTHY
+
+
+async def test_on_sqlite_a_dispatcher_process_picks_up_another_process_commit_before_its_probe(
+        tmp_path, sqlite_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+    # Neither the poll nor the probe comes within the wait below: only watching the file's data_version can
+    # explain a prompt delivery.
+    api = settings_for(tmp_path, sqlite_url, fake_network, role="api", dispatch_poll_s=600.0, dispatch_probe_s=600.0)
+    async with serving(api) as (_, channel), running_app(api.replace(role="dispatcher", listen="127.0.0.1:0")):
+        await h.create_config(channel, "g1", network=TIKTOK)
+        await h.ingest(channel, "g1", h.click("c1", user_id="u1", landing_url="https://game.example/?ttclid=TT-11"))
+        await h.ingest(channel, "g1", h.purchase("p1", user_id="u1"))
+
+        await wait_until(lambda: sent_dedup_ids(fake_network) == ["p1"], timeout=30.0)

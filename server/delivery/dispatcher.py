@@ -18,6 +18,8 @@ from server.services.context import ServiceContext
 from server.services.deliveries import Attempt, Batch, ClaimedDelivery, Lease, Target
 
 log = logging.getLogger("postbacks.dispatch")
+# How often an idle dispatcher on SQLite looks whether another process committed (a few microseconds a look).
+_WATCH_S = 0.005
 
 
 def new_owner_id() -> str:
@@ -62,6 +64,8 @@ class Dispatcher:
         self._stopping = False
         self._in_flight: dict[asyncio.Task[None], Lease] = {}  # a batch being read and sent, by its task
         self._buckets: dict[int, TokenBucket] = {}
+        # The database's data_version when the last claim began (SQLite): a change means another process committed.
+        self._seen_version: int | None = None
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="dispatcher")
@@ -104,6 +108,7 @@ class Dispatcher:
             timeout_s = settings.dispatch_poll_s
             free = settings.dispatch_concurrency - len(self._in_flight)
             if free > 0:
+                self._seen_version = self._ctx.db.data_version()
                 try:
                     claim = await deliveries.lease_due(self._ctx, self.owner_id, max_batches=free,
                                                        batch_size=settings.dispatch_batch_size,
@@ -125,20 +130,34 @@ class Dispatcher:
                 await self._idle(timeout_s)
 
     async def _idle(self, timeout_s: float) -> None:
-        """Until woken in-process, the timeout passes, or a cheap read finds due postbacks committed by another
-        process (an API-only process beside this one): claiming is a write, so it is not what polls."""
+        """Until woken in-process, the timeout passes, or another process (an API-only process beside this one)
+        may have committed due postbacks. On SQLite that shows in the database's data_version, looked at every few
+        milliseconds: a change ends the wait, and the claim that follows reads before it writes anything.
+        Otherwise an idle dispatcher makes one cheap read every dispatch_probe_s: claiming is a write, so it is not
+        what polls."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         probe_s = max(0.001, self._ctx.settings.dispatch_probe_s)
+        watching = self._seen_version is not None
+        watch_s = min(probe_s, _WATCH_S) if watching else probe_s
+        next_probe = loop.time() + probe_s
         while (remaining := deadline - loop.time()) > 0:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(remaining, probe_s)):
+                async with asyncio.timeout(min(remaining, watch_s)):
                     await self._wake.wait()
                     return
-            # With batches in flight the next one to finish wakes the loop, which claims then; looking meanwhile
-            # would walk a config's whole leased backlog on the index.
-            if remaining > probe_s and not self._in_flight and await self._due_work_waits():
+            if remaining <= watch_s:
+                continue
+            # Even with batches in flight: a config with a free slot takes another process's fresh postbacks now,
+            # not when one of its batches has been sent and recorded.
+            if watching and self._ctx.db.data_version() != self._seen_version:
                 return
+            # Without a data_version, batches in flight wake the loop as they finish; looking meanwhile would walk
+            # a config's whole leased backlog on the index.
+            if not self._in_flight and loop.time() >= next_probe:
+                next_probe = loop.time() + probe_s
+                if await self._due_work_waits():
+                    return
 
     async def _due_work_waits(self) -> bool:
         try:

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import os
 import pathlib
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -56,6 +57,7 @@ class Database:
         # SQLite's hot use cases run as plain code on connections of threads of their own: see write() and read().
         self._writer: _ThreadLane | None = None
         self._reader: _ThreadLane | None = None
+        self._version_watch: sqlite3.Connection | None = None
         if self.is_sqlite and self.url.database and self.url.database != ":memory:":
             self._writer = _ThreadLane(self.url, sqlite_args, sqlite_synchronous, begin="BEGIN IMMEDIATE",
                                        threads=1, name="sqlite-writer",
@@ -95,6 +97,22 @@ class Database:
         async with self.snapshot() as session:
             return await session.run_sync(work)
 
+    def data_version(self) -> int | None:
+        """On a SQLite file, a number that changes whenever another connection commits (PRAGMA data_version: a
+        few microseconds on the calling thread, no I/O), so a process can tell at once whether another process
+        may have left it work; None where there is no such number (PostgreSQL, in-memory SQLite)."""
+        if self._writer is None or self._writer.closed:
+            return None
+        try:
+            if self._version_watch is None:
+                # Autocommit: it never holds a snapshot open, so each look sees the latest commit. No busy wait:
+                # this runs on the event loop.
+                self._version_watch = sqlite3.connect(self.url.database, timeout=0, isolation_level=None,
+                                                      check_same_thread=False)
+            return int(self._version_watch.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
+            return None  # the caller looks the slow way instead
+
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[AsyncSession]:
         """A read-only use case's transaction: a consistent view that never waits for, or blocks, writers."""
@@ -111,6 +129,9 @@ class Database:
         for lane in (self._writer, self._reader):
             if lane is not None:
                 await lane.close()
+        if self._version_watch is not None:
+            self._version_watch.close()
+            self._version_watch = None
         await self.engine.dispose()
         if self._read_engine is not self.engine:
             await self._read_engine.dispose()
