@@ -125,6 +125,41 @@ async def test_an_unreachable_network_refuses_the_save_as_unavailable(channel, f
     assert await configs_of(channel, "g1") == []
 
 
+@pytest.mark.parametrize(("network", "name", "reply"), [
+    pytest.param(TIKTOK, "tiktok", Reply.tiktok(40100, "Too many requests"), id="tiktok code 40100"),
+    pytest.param(TIKTOK, "tiktok", Reply.http(429, retry_after=30), id="tiktok HTTP 429"),
+    pytest.param(REDDIT, "reddit", Reply.http(429, retry_after=30), id="reddit HTTP 429"),
+])
+async def test_a_network_limiting_requests_refuses_the_save_as_unavailable_and_says_so(
+        channel, fake_network, network, name, reply) -> None:  # type: ignore[no-untyped-def]
+    fake_network.script(name, [reply])
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await create_with_test_code(channel, network)
+
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "limiting this account's requests" in refused.value.details()
+    assert "nothing was saved" in refused.value.details()
+    assert h.error_reason(refused.value) == "NETWORK_THROTTLED"
+    if reply.retry_after:
+        assert "try again in 30 s" in refused.value.details()
+    assert await configs_of(channel, "g1") == []
+
+
+@pytest.mark.parametrize(("network", "name"), NETWORKS)
+async def test_validate_reports_a_network_limiting_requests_with_the_wait_it_asked_for(
+        channel, fake_network, network, name) -> None:  # type: ignore[no-untyped-def]
+    pixel_id = "CTPIXEL8" if network == TIKTOK else "a2_pixel8"
+    credentials = postback_config_pb2.PostbackCredentials(access_token="candidate-token-2", pixel_id=pixel_id)
+    fake_network.script(name, [Reply.http(429, retry_after=12)])
+
+    throttled = await validate(channel, network=network, credentials=credentials)
+
+    assert (throttled.result, throttled.http_status) == (CHECK.CREDENTIAL_CHECK_RESULT_THROTTLED, 429)
+    assert throttled.retry_delay.seconds == 12
+    assert await configs_of(channel, "g1") == []
+
+
 @pytest.mark.parametrize(("network", "name"), NETWORKS)
 async def test_rotation_validates_the_new_token_and_later_deliveries_use_it(
         app, channel, fake_network, network, name) -> None:  # type: ignore[no-untyped-def]
@@ -181,6 +216,7 @@ async def test_validate_reports_each_verdict_as_data_and_saves_nothing(channel, 
     assert rejected.result == CHECK.CREDENTIAL_CHECK_RESULT_REJECTED
     assert REJECTIONS[name][1] in f"HTTP {rejected.http_status} {rejected.network_code}"
     assert (unreachable.result, unreachable.http_status) == (CHECK.CREDENTIAL_CHECK_RESULT_UNREACHABLE, 503)
+    assert not unreachable.HasField("retry_delay")
     assert accepted.result == CHECK.CREDENTIAL_CHECK_RESULT_ACCEPTED
     assert [sent_test_code(r, name) for r in fake_network.received(name)] == [None, None, TEST_CODE]
     assert await configs_of(channel, "g1") == []

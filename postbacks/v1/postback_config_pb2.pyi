@@ -24,6 +24,7 @@ class CredentialCheckResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CREDENTIAL_CHECK_RESULT_ACCEPTED: _ClassVar[CredentialCheckResult]
     CREDENTIAL_CHECK_RESULT_REJECTED: _ClassVar[CredentialCheckResult]
     CREDENTIAL_CHECK_RESULT_UNREACHABLE: _ClassVar[CredentialCheckResult]
+    CREDENTIAL_CHECK_RESULT_THROTTLED: _ClassVar[CredentialCheckResult]
 POSTBACK_CONFIG_HEALTH_UNSPECIFIED: PostbackConfigHealth
 POSTBACK_CONFIG_HEALTH_HEALTHY: PostbackConfigHealth
 POSTBACK_CONFIG_HEALTH_CREDENTIAL_FAILURES: PostbackConfigHealth
@@ -32,6 +33,7 @@ CREDENTIAL_CHECK_RESULT_UNSPECIFIED: CredentialCheckResult
 CREDENTIAL_CHECK_RESULT_ACCEPTED: CredentialCheckResult
 CREDENTIAL_CHECK_RESULT_REJECTED: CredentialCheckResult
 CREDENTIAL_CHECK_RESULT_UNREACHABLE: CredentialCheckResult
+CREDENTIAL_CHECK_RESULT_THROTTLED: CredentialCheckResult
 
 class PostbackConfig(_message.Message):
     __slots__ = ("name", "display_name", "network", "credentials", "access_token_hint", "pixel_id", "trigger_events", "enabled", "health", "create_time", "update_time", "credentials_update_time")

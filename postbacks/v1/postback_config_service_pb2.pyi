@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from postbacks.v1 import network_pb2 as _network_pb2
 from postbacks.v1 import postback_config_pb2 as _postback_config_pb2
@@ -116,15 +119,17 @@ class ValidatePostbackCredentialsRequest(_message.Message):
     def __init__(self, parent: _Optional[str] = ..., postback_config: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.Network, str]] = ..., credentials: _Optional[_Union[_postback_config_pb2.PostbackCredentials, _Mapping]] = ..., event_type: _Optional[_Union[_network_pb2.ConversionEventType, str]] = ..., test_code: _Optional[str] = ...) -> None: ...
 
 class ValidatePostbackCredentialsResponse(_message.Message):
-    __slots__ = ("result", "http_status", "network_code", "message", "network_request_id")
+    __slots__ = ("result", "http_status", "network_code", "message", "network_request_id", "retry_delay")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
     NETWORK_CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     NETWORK_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RETRY_DELAY_FIELD_NUMBER: _ClassVar[int]
     result: _postback_config_pb2.CredentialCheckResult
     http_status: int
     network_code: str
     message: str
     network_request_id: str
-    def __init__(self, result: _Optional[_Union[_postback_config_pb2.CredentialCheckResult, str]] = ..., http_status: _Optional[int] = ..., network_code: _Optional[str] = ..., message: _Optional[str] = ..., network_request_id: _Optional[str] = ...) -> None: ...
+    retry_delay: _duration_pb2.Duration
+    def __init__(self, result: _Optional[_Union[_postback_config_pb2.CredentialCheckResult, str]] = ..., http_status: _Optional[int] = ..., network_code: _Optional[str] = ..., message: _Optional[str] = ..., network_request_id: _Optional[str] = ..., retry_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...

@@ -1,6 +1,9 @@
 """PostbackConfigService: a game's postback configs and their credentials."""
 
+import math
+
 import grpc
+from google.protobuf import duration_pb2
 
 from postbacks.v1 import postback_config_pb2, postback_config_service_pb2_grpc
 from postbacks.v1 import postback_config_service_pb2 as pb
@@ -97,6 +100,8 @@ def check_to_proto(check: CredentialCheck) -> pb.ValidatePostbackCredentialsResp
         network_code=check.network_code or "",
         message=check.message,
         network_request_id=check.request_id or "",
+        retry_delay=duration_pb2.Duration(seconds=math.ceil(check.retry_after_s))
+        if check.retry_after_s is not None else None,
     )
 
 

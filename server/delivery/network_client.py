@@ -86,9 +86,11 @@ class NetworkClient:
             Outcome.FAILED_CREDENTIALS: CheckResult.REJECTED,
             # The synthetic event is well-formed, so a payload rejection means the pixel or account refused it.
             Outcome.FAILED_PAYLOAD: CheckResult.REJECTED,
+            Outcome.RETRY_THROTTLED: CheckResult.THROTTLED,
         }.get(c.outcome, CheckResult.UNREACHABLE)
         log.info("credential check for %s: %s (HTTP %s, code %s)", network.value, result.value, c.http_status,
                  c.network_code)
-        return CredentialCheck(result, c.http_status, c.network_code, c.message, c.request_id)
+        return CredentialCheck(result, c.http_status, c.network_code, c.message, c.request_id,
+                               c.retry_after_s if result == CheckResult.THROTTLED else None)
 
 

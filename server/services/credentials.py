@@ -1,5 +1,6 @@
 """Checking network credentials before they are saved: the verdict as data, and the port the network client fills."""
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -15,6 +16,7 @@ class CheckResult(StrEnum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"
     UNREACHABLE = "unreachable"
+    THROTTLED = "throttled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +26,7 @@ class CredentialCheck:
     network_code: str | None
     message: str
     request_id: str | None
+    retry_after_s: float | None = None  # THROTTLED: the wait the network asked for, when it said
 
 
 class CredentialChecker(Protocol):
@@ -46,6 +49,13 @@ def require_accepted(network: Network, check: CredentialCheck) -> None:
     if check.result == CheckResult.REJECTED:
         raise FailedPrecondition(f"{label} rejected the credentials ({detail}); nothing was saved",
                                  reason="CREDENTIALS_REJECTED", metadata=metadata)
+    if check.result == CheckResult.THROTTLED:
+        wait = f" in {math.ceil(check.retry_after_s)} s" if check.retry_after_s is not None else " later"
+        if check.retry_after_s is not None:
+            metadata["retry_after_s"] = str(math.ceil(check.retry_after_s))
+        raise Unavailable(f"could not validate the credentials: {label} is limiting this account's requests "
+                          f"({detail}); nothing was saved, try again{wait}", reason="NETWORK_THROTTLED",
+                          metadata=metadata)
     if check.result == CheckResult.UNREACHABLE:
         raise Unavailable(f"could not validate the credentials: {label} is unreachable ({detail}); nothing was saved, "
                           "try again", reason="NETWORK_UNREACHABLE", metadata=metadata)
