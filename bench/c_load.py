@@ -1,4 +1,4 @@
-"""Builds bench/grpc_load.c (installing libnghttp2-dev when missing) and runs it against a server."""
+"""Builds bench/grpc_load.c (installing libnghttp2-dev when missing) and runs it against a server, closed loop or paced."""
 
 import asyncio
 import hashlib
@@ -49,10 +49,28 @@ def build() -> pathlib.Path:
 async def run(binary: pathlib.Path, port: int, path: str, bodies: Sequence[pathlib.Path], placeholder: str, *,
               in_flight: int, connections: int, warmup_s: float, duration_s: float,
               headers: Sequence[str] = ()) -> tuple[dict, str]:  # type: ignore[type-arg]
-    """Returns the client's JSON report and its command line (the key in an authorization header is elided)."""
-    argv = [str(binary), "--port", str(port), "--path", path, "--placeholder", placeholder,
-            "--connections", str(connections), "--in-flight", str(in_flight), "--warmup", str(warmup_s),
-            "--duration", str(duration_s)]
+    """Closed loop. Returns the client's JSON report and its command line (the key in an authorization header is
+    elided)."""
+    return await _run(binary, port, path, bodies, placeholder, headers, [
+        "--connections", str(connections), "--in-flight", str(in_flight), "--warmup", str(warmup_s),
+        "--duration", str(duration_s)])
+
+
+async def run_paced(binary: pathlib.Path, port: int, path: str, body: pathlib.Path, placeholder: str, *, rate: float,
+                    count: int, times: pathlib.Path,
+                    headers: Sequence[str] = ()) -> tuple[list[tuple[int, float, float]], dict, str]:  # type: ignore[type-arg]
+    """Open loop on one connection, as one game server's channel: request k (counter k) goes out at start + k/rate.
+    Returns each request's (counter, sent_at, acked_at; 0 when it failed) in CLOCK_MONOTONIC seconds, the client's
+    JSON report and its command line."""
+    report, command = await _run(binary, port, path, [body], placeholder, headers, [
+        "--connections", "1", "--in-flight", "1", "--rate", str(rate), "--count", str(count), "--times", str(times)])
+    rows = [line.split() for line in (await asyncio.to_thread(times.read_text)).splitlines()]
+    return [(int(k), float(sent), float(acked)) for k, sent, acked in rows], report, command
+
+
+async def _run(binary: pathlib.Path, port: int, path: str, bodies: Sequence[pathlib.Path], placeholder: str,
+               headers: Sequence[str], options: list[str]) -> tuple[dict, str]:  # type: ignore[type-arg]
+    argv = [str(binary), "--port", str(port), "--path", path, "--placeholder", placeholder, *options]
     for body in bodies:
         argv += ["--body", str(body)]
     for header in headers:

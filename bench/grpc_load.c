@@ -5,10 +5,14 @@
  * counter. It keeps --in-flight streams open across --connections connections, checks grpc-status in the
  * trailers, and prints one JSON line: completions per second in the measured window, errors, latency.
  *
+ * With --rate R --count N it is an open-loop client instead: request k goes out at start + k/R on connection
+ * k mod --connections, whatever is still in flight, and --times FILE receives one line per request:
+ * "counter sent_at acked_at" (CLOCK_MONOTONIC seconds; acked_at 0 when the call failed).
+ *
  * Build: gcc -O2 -o grpc_load grpc_load.c -lnghttp2
  * Run:   grpc_load --port P --path /pkg.Service/Method --body FILE [--body FILE ...] --placeholder XXXXXXXXXXXXXXXX
  *                  [--host 127.0.0.1] [--connections 4] [--in-flight 256] [--warmup 2] [--duration 10]
- *                  [--header "name: value" ...] [--counter-start 0]
+ *                  [--header "name: value" ...] [--counter-start 0] [--rate R --count N --times FILE]
  * Each body FILE holds one serialized protobuf message; the 5-byte gRPC prefix is added here.
  */
 #define _GNU_SOURCE
@@ -46,6 +50,7 @@ typedef struct {
     connection_t *conn;
     uint8_t *body;
     size_t len, sent;
+    uint64_t counter;
     double start;
     int grpc_status; /* -1 until seen */
     int http_status;
@@ -74,6 +79,9 @@ static uint64_t ok_window, err_window, ok_total, err_total;
 static double *latencies;
 static size_t n_latencies, cap_latencies;
 static char first_error[512];
+/* Open-loop mode (--rate): each request's send and acknowledgement times, by counter - counter_start. */
+static uint64_t counter_start;
+static double *paced_sent, *paced_acked;
 
 static double now_s(void) {
     struct timespec ts;
@@ -172,7 +180,9 @@ static int on_stream_close_cb(nghttp2_session *session, int32_t stream_id, uint3
         snprintf(first_error, sizeof first_error, "http %d, grpc-status %d, h2 error %u", s->http_status,
                  s->grpc_status, error_code);
     }
-    record(s, ok, now_s());
+    double done = now_s();
+    record(s, ok, done);
+    if (paced_acked && ok) paced_acked[s->counter - counter_start] = done;
     c->in_flight--;
     free(s->body);
     free(s);
@@ -203,9 +213,10 @@ static void submit_one(connection_t *c) {
     char digits[64];
     snprintf(digits, sizeof digits, "%0*" PRIu64, (int)placeholder_len, counter);
     for (int i = 0; i < t->n_offsets; i++) memcpy(s->body + t->offsets[i], digits, placeholder_len);
-    counter++;
+    s->counter = counter++;
     s->grpc_status = -1;
     s->start = now_s();
+    if (paced_sent) paced_sent[s->counter - counter_start] = s->start;
     nghttp2_data_provider provider = {.source.ptr = s, .read_callback = body_read_cb};
     int32_t id = nghttp2_submit_request(c->session, NULL, request_headers, n_request_headers, &provider, s);
     if (id < 0) {
@@ -267,7 +278,9 @@ static double percentile(double p) {
 int main(int argc, char **argv) {
     const char *host = "127.0.0.1", *path = NULL;
     int port = 0, n_connections = 4, in_flight = 256;
-    double warmup = 2, duration = 10;
+    double warmup = 2, duration = 10, rate = 0;
+    uint64_t count = 0;
+    const char *times_path = NULL;
     const char *extra_names[MAX_HEADERS], *extra_values[MAX_HEADERS];
     int n_extra = 0;
     const char *bodies[MAX_BODIES];
@@ -290,6 +303,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(arg, "--warmup")) warmup = atof(val);
         else if (!strcmp(arg, "--duration")) duration = atof(val);
         else if (!strcmp(arg, "--counter-start")) counter = strtoull(val, NULL, 10);
+        else if (!strcmp(arg, "--rate")) rate = atof(val);
+        else if (!strcmp(arg, "--count")) count = strtoull(val, NULL, 10);
+        else if (!strcmp(arg, "--times")) times_path = val;
         else if (!strcmp(arg, "--header") && n_extra < MAX_HEADERS) {
             const char *colon = strchr(val, ':');
             if (!colon) {
@@ -308,6 +324,18 @@ int main(int argc, char **argv) {
         fprintf(stderr, "grpc_load: needs --port, --path, --body; 1..%d connections, in-flight >= connections\n",
                 MAX_CONNECTIONS);
         return 2;
+    }
+    if ((rate > 0) != (count > 0) || (rate > 0) != (times_path != NULL)) {
+        fprintf(stderr, "grpc_load: --rate, --count and --times go together\n");
+        return 2;
+    }
+    if (rate > 0) {
+        counter_start = counter;
+        paced_sent = calloc(count, sizeof(double));
+        paced_acked = calloc(count, sizeof(double));
+        /* The measured window is the whole run: every request counts. */
+        warmup = 0;
+        duration = (double)count / rate;
     }
     if (placeholder) placeholder_len = strlen(placeholder);
     for (int i = 0; i < n_bodies; i++) load_template(bodies[i]);
@@ -345,14 +373,34 @@ int main(int argc, char **argv) {
     double drain_deadline = t_window_end + DRAIN_TIMEOUT_S;
     uint8_t buf[65536];
     struct epoll_event events[MAX_CONNECTIONS];
+    uint64_t paced_submitted = 0;
     for (;;) {
         double now = now_s();
-        if (submitting && now >= t_window_end) submitting = 0;
+        int wait_ms = 5;
+        if (rate > 0) {
+            /* Open loop: every request whose time has come goes out now, on its connection. */
+            uint64_t due = (uint64_t)((now - t_start) * rate) + 1;
+            if (due > count) due = count;
+            while (paced_submitted < due) {
+                connection_t *c = &conns[paced_submitted % (uint64_t)n_connections];
+                if (!c->dead) submit_one(c);
+                else counter++; /* its request is never sent: it stays unacknowledged */
+                paced_submitted++;
+            }
+            submitting = paced_submitted < count;
+            if (submitting) {
+                double next = t_start + (double)paced_submitted / rate - now_s();
+                /* Rounded up: rounded down, the last fraction of a millisecond is a busy loop. */
+                wait_ms = next > 0 ? (int)(next * 1000) + 1 : 0;
+            }
+        } else if (submitting && now >= t_window_end) {
+            submitting = 0;
+        }
         int open = 0, busy = 0;
         for (int i = 0; i < n_connections; i++) {
             connection_t *c = &conns[i];
             if (c->dead) continue;
-            while (submitting && c->in_flight < c->target) submit_one(c);
+            while (rate <= 0 && submitting && c->in_flight < c->target) submit_one(c);
             int rv = nghttp2_session_send(c->session);
             if (rv != 0) {
                 fprintf(stderr, "grpc_load: send: %s\n", nghttp2_strerror(rv));
@@ -365,7 +413,7 @@ int main(int argc, char **argv) {
         }
         if (!open) break;
         if (!submitting && (busy == 0 || now > drain_deadline)) break;
-        int n = epoll_wait(epfd, events, MAX_CONNECTIONS, 5);
+        int n = epoll_wait(epfd, events, MAX_CONNECTIONS, wait_ms < 5 ? wait_ms : 5);
         for (int e = 0; e < n; e++) {
             connection_t *c = events[e].data.ptr;
             if (c->dead) continue;
@@ -390,6 +438,13 @@ int main(int argc, char **argv) {
                 }
             }
         }
+    }
+    if (rate > 0) {
+        FILE *f = fopen(times_path, "w");
+        if (!f) die(times_path);
+        for (uint64_t k = 0; k < count; k++)
+            fprintf(f, "%" PRIu64 " %.6f %.6f\n", counter_start + k, paced_sent[k], paced_acked[k]);
+        fclose(f);
     }
     double window = (now_s() < t_window_end ? now_s() : t_window_end) - t_window_start;
     if (window <= 0) window = 1e-9;

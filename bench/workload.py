@@ -26,16 +26,19 @@ def _ip(player: int) -> str:
     return f"10.{(player >> 16) & 255}.{(player >> 8) & 255}.{player & 255}"
 
 
-def click(player: int, time_us: int, *, with_user: bool = False) -> event_pb2.Event:
-    """A paid TikTok click, as the marketing site's pixel reports it: the network comes from the landing URL."""
-    return _event(f"c-{player}", time_us, anonymous_id=f"a-{player}", user_id=f"u-{player}" if with_user else "",
+def click(player: int, time_us: int, *, with_user: bool = False, key: str = "") -> event_pb2.Event:
+    """A paid TikTok click, as the marketing site's pixel reports it: the network comes from the landing URL.
+    Ids end in `key`, or else the player's number."""
+    key = key or str(player)
+    return _event(f"c-{key}", time_us, anonymous_id=f"a-{key}", user_id=f"u-{key}" if with_user else "",
                   ip_address=_ip(player), user_agent=USER_AGENT,
                   ad_click=event_pb2.AdClick(landing_url="https://play.example.com/?utm_source=tiktok"
                                                          f"&utm_campaign=spring&ttclid=E.C.P.{player:012d}v2"))
 
 
-def identify(player: int, time_us: int) -> event_pb2.Event:
-    return _event(f"i-{player}", time_us, user_id=f"u-{player}", anonymous_id=f"a-{player}",
+def identify(player: int, time_us: int, *, key: str = "") -> event_pb2.Event:
+    key = key or str(player)
+    return _event(f"i-{key}", time_us, user_id=f"u-{key}", anonymous_id=f"a-{key}",
                   email=f"player{player}@example.com", identify=event_pb2.Identify())
 
 
@@ -118,12 +121,38 @@ def backlog(postbacks: int, per_player: int = 10) -> Workload:
 
 
 def clicked_players(players: int) -> Workload:
-    """Setup for the latency benchmark: each player clicked an ad and signed up, so each purchase owes a postback."""
+    """Setup for the latency benchmark: each player clicked an ad and signed up, so each purchase owes a postback.
+    Player p's ids end in p as the C client writes its counter (PLACEHOLDER's width, zero-padded), so
+    paced_purchase_template's request number p is player p's purchase."""
     now_us = int(time.time() * 1e6)
     events: list[event_pb2.Event] = []
     for p in range(players):
-        events += [click(p, now_us - 3_600_000_000), identify(p, now_us - 3_000_000_000)]
+        key = paced_key(p)
+        events += [click(p, now_us - 3_600_000_000, key=key), identify(p, now_us - 3_000_000_000, key=key)]
     return _workload(events, lambda e: False)
+
+
+def paced_key(counter: int) -> str:
+    """What the C client writes in place of PLACEHOLDER for this request counter."""
+    return f"{counter:0{len(PLACEHOLDER)}d}"
+
+
+def paced_purchase_template(directory: pathlib.Path) -> pathlib.Path:
+    """The latency benchmark's IngestEventRequest for the C client: a purchase by a player of clicked_players,
+    whose event id is paced_event_id(counter)."""
+    now_us = int(time.time() * 1e6) - 60_000_000
+    event = _event(paced_event_id(PLACEHOLDER), now_us, user_id=f"u-{PLACEHOLDER}", ip_address="10.1.2.3",
+                   user_agent=USER_AGENT,
+                   purchase=event_pb2.Purchase(value="4.99", currency="USD", order_id=f"o-{PLACEHOLDER}",
+                                               item_ids=["gems_500"]))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "paced-purchase.bin"
+    path.write_bytes(event_service_pb2.IngestEventRequest(parent=PARENT, event=event).SerializeToString())
+    return path
+
+
+def paced_event_id(key: str) -> str:
+    return f"lp-{key}"
 
 
 def unary_templates(directory: pathlib.Path) -> list[pathlib.Path]:
