@@ -66,8 +66,10 @@ class Dispatcher:
         self._buckets: dict[int, TokenBucket] = {}
         # The database's data_version when the last claim began (SQLite): a change means another process committed.
         self._seen_version: int | None = None
-        # When a change of data_version may end an idle wait again (event loop time): see _run.
+        # When a change of data_version may end an idle wait again (event loop time), and whether it ended the
+        # last one: see _run.
         self._watch_from = 0.0
+        self._woken_by_watch = False
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="dispatcher")
@@ -109,6 +111,7 @@ class Dispatcher:
             self._wake.clear()
             timeout_s = settings.dispatch_poll_s
             free = settings.dispatch_concurrency - len(self._in_flight)
+            woken_by_watch, self._woken_by_watch = self._woken_by_watch, False
             if free > 0:
                 self._seen_version = self._ctx.db.data_version()
                 started = asyncio.get_running_loop().time()
@@ -128,12 +131,13 @@ class Dispatcher:
                     if claim.leases:
                         timeout_s = 0  # there may be more due work than one claim takes
                     else:
-                        # A claim that finds nothing was spent on a hunch: at most a tenth of the time goes on them,
-                        # and the wait before the next is never longer than the probe's. They are cheap, unless the
-                        # due rows are still leased to a process that died: each claim then walks past them on the
-                        # index (about 3.5 ms for 4,000) until the leases expire.
-                        finished = asyncio.get_running_loop().time()
-                        self._watch_from = finished + min(9 * (finished - started), settings.dispatch_probe_s)
+                        if woken_by_watch:
+                            # Another process's commit brought nothing due (clicks, say): claims on such hunches
+                            # take at most a tenth of the time, never waiting longer than a probe. They are cheap,
+                            # unless the due rows are still leased to a process that died: each claim then walks
+                            # past them on the index (about 3.5 ms for 4,000) until the leases expire.
+                            finished = asyncio.get_running_loop().time()
+                            self._watch_from = finished + min(9 * (finished - started), settings.dispatch_probe_s)
                         if claim.next_due_us is not None:
                             timeout_s = min(timeout_s, max(0.0, (claim.next_due_us - self._ctx.clock()) / 1e6))
             if timeout_s > 0:
@@ -161,6 +165,7 @@ class Dispatcher:
             # Even with batches in flight: a config with a free slot takes another process's fresh postbacks now,
             # not when one of its batches has been sent and recorded.
             if watching and loop.time() >= self._watch_from and self._ctx.db.data_version() != self._seen_version:
+                self._woken_by_watch = True
                 return
             # Without a data_version, batches in flight wake the loop as they finish; looking meanwhile would walk
             # a config's whole leased backlog on the index.
