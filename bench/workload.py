@@ -138,8 +138,8 @@ def paced_key(counter: int) -> str:
 
 
 def paced_purchase_template(directory: pathlib.Path) -> pathlib.Path:
-    """The latency benchmark's IngestEventRequest for the C client: a purchase by a player of clicked_players,
-    whose event id is paced_event_id(counter)."""
+    """The latency benchmark's IngestEventRequest for the C client: request k is player k's purchase (of
+    clicked_players), with event id paced_event_id(paced_key(k))."""
     now_us = int(time.time() * 1e6) - 60_000_000
     event = _event(paced_event_id(PLACEHOLDER), now_us, user_id=f"u-{PLACEHOLDER}", ip_address="10.1.2.3",
                    user_agent=USER_AGENT,
