@@ -38,7 +38,8 @@ class Settings:
     dispatch_lease_s: float = _setting(60.0, "how long a claimed postback is reserved for one dispatcher")
     dispatch_poll_s: float = _setting(1.0, "longest sleep between claims when nothing is due")
     dispatch_probe_s: float = _setting(0.05, "how often an idle dispatcher looks (one cheap read) for postbacks "
-                                             "another process committed")
+                                             "another process committed; on SQLite it also notices such a commit "
+                                             "within 5 ms")
     http_connect_timeout_s: float = _setting(5.0, "connect timeout for requests to the networks")
     http_total_timeout_s: float = _setting(20.0, "total timeout for one request to a network")
     rate_limit_per_config: float = _setting(50.0, "network requests per second per postback config")

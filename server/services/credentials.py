@@ -50,9 +50,10 @@ def require_accepted(network: Network, check: CredentialCheck) -> None:
         raise FailedPrecondition(f"{label} rejected the credentials ({detail}); nothing was saved",
                                  reason="CREDENTIALS_REJECTED", metadata=metadata)
     if check.result == CheckResult.THROTTLED:
-        wait = f" in {math.ceil(check.retry_after_s)} s" if check.retry_after_s is not None else " later"
+        wait = " later"
         if check.retry_after_s is not None:
             metadata["retry_after_s"] = str(math.ceil(check.retry_after_s))
+            wait = f" in {metadata['retry_after_s']} s"
         raise Unavailable(f"could not validate the credentials: {label} is limiting this account's requests "
                           f"({detail}); nothing was saved, try again{wait}", reason="NETWORK_THROTTLED",
                           metadata=metadata)

@@ -311,18 +311,18 @@ def _player_keys(player: Player) -> set[str]:
 
 
 def _load_history(session: Session, game_id: str, user_ids: set[str], anonymous_ids: set[str],
-                        emails: set[str], *, has_erasures: bool, with_launches: bool = True,
-                        awaiting_since: int | None = None) -> _History:
+                  emails: set[str], *, has_erasures: bool, with_launches: bool = True,
+                  awaiting_since: int | None = None) -> _History:
     """The history of the players with these identities. Launches are left out when nothing will ask whether a
     player launched before (re-decisions), and erasures when the game has no tombstones at all. With awaiting_since,
     the players' conversions received since then and still awaiting late data come along (history.awaiting)."""
     history = _History()
-    link_rows = (session.execute(
-        _LINKS, {"game": game_id, "users": user_ids, "anons": anonymous_ids, "emails": emails})).all()
+    link_rows = session.execute(
+        _LINKS, {"game": game_id, "users": user_ids, "anons": anonymous_ids, "emails": emails}).all()
     users = user_ids | {link.user_id for link in link_rows}
     if users - user_ids:  # a user reached through an anonymous id brings that user's other devices
-        link_rows = (session.execute(
-            _LINKS, {"game": game_id, "users": users, "anons": anonymous_ids, "emails": emails})).all()
+        link_rows = session.execute(
+            _LINKS, {"game": game_id, "users": users, "anons": anonymous_ids, "emails": emails}).all()
     for user_id, anonymous_id, email, email_reddit in link_rows:
         if anonymous_id:
             history.add_link(anonymous_id, user_id)
@@ -355,14 +355,14 @@ def _load_history(session: Session, game_id: str, user_ids: set[str], anonymous_
                     email_sha256_reddit, no_postback_reason))
     if has_erasures:
         digests = subject_digests(users, anons, emails)
-        history.erased = set((session.execute(_ERASED, {"game": game_id, "digests": digests})).scalars())
+        history.erased = set(session.execute(_ERASED, {"game": game_id, "digests": digests}).scalars())
     return history
 
 
 def _game_rules(session: Session, game_id: str) -> tuple[list[Config], dict[str, int], int, bool]:
     """The game's postback configs (as attribution sees them, and their row ids), its lookback window, and whether
     it has any erasure tombstones."""
-    rows = (session.execute(_GAME_RULES, {"game": game_id})).all()
+    rows = session.execute(_GAME_RULES, {"game": game_id}).all()
     config_rows = [row for row in rows if row.config_id is not None]
     configs = [
         Config(c.config_id, Network(c.network), c.enabled, frozenset(EventType(t) for t in c.trigger_events.split(",")))
@@ -394,7 +394,7 @@ def _new_view(game_id: str, event: NewEvent, conversion_type: EventType, decisio
 
 
 def _store_and_attribute(ctx: ServiceContext, session: Session, game_id: str, events: list[NewEvent],
-                               fingerprints: list[str], now_us: int) -> _Stored:
+                         fingerprints: list[str], now_us: int) -> _Stored:
     """Inserts the new events with their conversions' decisions and the deliveries they owe."""
     configs, config_row_ids, lookback_us, has_erasures = _game_rules(session, game_id)
     configs_by_id = {c.config_id: c for c in configs}
@@ -473,9 +473,9 @@ def _store_and_attribute(ctx: ServiceContext, session: Session, game_id: str, ev
 
 
 def _reevaluate_recent(session: Session, game_id: str, events: list[NewEvent], batch_history: _History,
-                             batch_awaiting: list[_Awaiting], configs: list[Config], lookback_us: int, now_us: int,
-                             grace_us: int, *,
-                             has_erasures: bool) -> list[tuple[_Awaiting, Decision, str | None, str | None]]:
+                       batch_awaiting: list[_Awaiting], configs: list[Config], lookback_us: int, now_us: int,
+                       grace_us: int, *,
+                       has_erasures: bool) -> list[tuple[_Awaiting, Decision, str | None, str | None]]:
     """Re-decides the recent conversions still awaiting late data, for the players a new click or identity touches.
     Returns those whose decision changed, with the new decision and the (TikTok, Reddit) email hashes it used."""
     users = set(batch_history.anonymous_of_user) | {e.user_id for e in events if e.user_id}
