@@ -1,9 +1,12 @@
-"""The one-parameter IN lists ingest reads with, on both databases: the same rows as an expanded IN."""
+"""Query shapes on both databases: the one-parameter IN lists ingest reads with match what an expanded IN does, and
+the dispatcher's due queries search the indexes meant for them."""
 
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
+from server.services.deliveries import _due
 from server.store.db import Database
-from server.store.models import Event
+from server.store.models import Delivery, Event
 from server.store.queries import game_rows_in_parameters, game_rows_matching, in_parameter, in_values
 
 
@@ -34,5 +37,29 @@ async def test_value_lists_match_what_expanded_in_lists_match(database_url: str)
             named = select(Event.event_id).where(Event.game_id == "g", in_parameter(Event.event_id, "wanted"))
             for wanted in (["e2", "e5"], set(), {"e7"}):
                 assert sorted((await session.execute(named, {"wanted": wanted})).scalars()) == sorted(wanted)
+    finally:
+        await db.close()
+
+
+async def test_the_dispatchers_due_queries_search_the_pending_only_indexes(database_url: str) -> None:
+    """The due indexes hold pending deliveries only, so a planner may use them only where the query's condition on
+    the state implies the index's."""
+    db = Database(database_url)
+    await db.migrate()
+    queries = [select(Delivery.id).where(Delivery.config_row_id == 1, _due(5)).order_by(Delivery.next_attempt_time_us)
+               .limit(10), select(Delivery.id).where(_due(5)).limit(1)]
+
+    def plans(session: Session) -> list[str]:
+        if not db.is_sqlite:
+            session.execute(text("SET LOCAL enable_seqscan = off"))  # an empty table is scanned otherwise
+        explain = "EXPLAIN QUERY PLAN " if db.is_sqlite else "EXPLAIN "
+        connection = session.connection()
+        compiled = [query.compile(dialect=connection.dialect) for query in queries]
+        return [" ".join(str(row[-1]) for row in connection.exec_driver_sql(
+            explain + c.string, tuple(c.params[name] for name in c.positiontup or ()))) for c in compiled]
+
+    try:
+        for plan in await db.read(plans):
+            assert "ix_deliveries_pending_" in plan, plan
     finally:
         await db.close()

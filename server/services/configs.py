@@ -14,7 +14,7 @@ from server.errors import AlreadyExists, InvalidArgument, NotFound
 from server.secrets import token_hint
 from server.services.context import ServiceContext
 from server.services.credentials import CredentialCheck, require_accepted
-from server.store.models import Delivery, PostbackConfig
+from server.store.models import PENDING, Delivery, PostbackConfig
 
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50
@@ -177,7 +177,7 @@ async def delete_config(ctx: ServiceContext, game_id: str, config_id: str) -> in
         row.enabled = False
         cancelled = await session.execute(
             update(Delivery)
-            .where(Delivery.config_row_id == row.id, Delivery.state == DeliveryState.PENDING.value)
+            .where(Delivery.config_row_id == row.id, Delivery.state == PENDING)
             .values(state=DeliveryState.CANCELLED.value, last_error="postback config deleted", lease_owner=None)
         )
         return cancelled.rowcount or 0

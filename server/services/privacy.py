@@ -5,10 +5,9 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, insert, select, text
 
 from server.core.erasure import erasure_subject, subject_digests
-from server.core.types import DeliveryState
 from server.services.context import ServiceContext
 from server.services.conversions import CONVERSION_KINDS
-from server.store.models import Delivery, Erasure, Event, IdentityLink
+from server.store.models import PENDING, Delivery, Erasure, Event, IdentityLink
 from server.store.queries import game_rows_matching
 
 
@@ -58,7 +57,7 @@ async def delete_user_data(ctx: ServiceContext, game_id: str, request: ErasureRe
             events, Event.kind.in_(CONVERSION_KINDS)))
         erased_event_rows = select(Event.id).where(events)
         cancelled = await session.scalar(select(func.count()).select_from(Delivery).where(
-            Delivery.event_row_id.in_(erased_event_rows), Delivery.state == DeliveryState.PENDING.value))
+            Delivery.event_row_id.in_(erased_event_rows), Delivery.state == PENDING))
         # Deleting the deliveries explicitly does not depend on the foreign key's ON DELETE CASCADE being enforced.
         await session.execute(delete(Delivery).where(Delivery.event_row_id.in_(erased_event_rows))
                               .execution_options(synchronize_session=False))

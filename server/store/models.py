@@ -10,8 +10,12 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    literal_column,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from server.core.types import DeliveryState
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY (its rowid); PostgreSQL wants BIGINT for growth.
 Id = BigInteger().with_variant(Integer, "sqlite")
@@ -19,6 +23,15 @@ Id = BigInteger().with_variant(Integer, "sqlite")
 
 class Base(DeclarativeBase):
     pass
+
+
+# The outbox's due indexes hold pending deliveries only (partial indexes): a delivery sent or given up leaves them
+# for good, so they stay the size of the work still to do, and settling a delivery deletes its entries instead of
+# moving them (the record's UPDATE took 6.5 ms per 1,000 deliveries against 3.2). Queries spell the state as this
+# literal, which any planner matches against the index's condition: a bound parameter only one that plans for its
+# value (SQLite re-plans per binding; a generic plan of PostgreSQL's does not).
+PENDING = literal_column(f"'{DeliveryState.PENDING.value}'")
+_PENDING_ONLY = {f"{dialect}_where": text(f"state = {PENDING}") for dialect in ("sqlite", "postgresql")}
 
 
 class Game(Base):
@@ -122,9 +135,9 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("event_row_id", "config_row_id", name="uq_deliveries_event_config"),
-        Index("ix_deliveries_due", "state", "next_attempt_time_us"),
+        Index("ix_deliveries_pending_due", "next_attempt_time_us", **_PENDING_ONLY),
         # A config's due work, oldest first: what the dispatcher claims, and what a disabled config cancels.
-        Index("ix_deliveries_config_due", "config_row_id", "state", "next_attempt_time_us"),
+        Index("ix_deliveries_pending_config_due", "config_row_id", "next_attempt_time_us", **_PENDING_ONLY),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
