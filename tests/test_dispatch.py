@@ -317,6 +317,23 @@ async def test_a_backlog_of_one_config_goes_out_as_several_requests_at_once(
         assert sorted(sent_dedup_ids(fake_network)) == [f"p{i}" for i in range(6)]
 
 
+async def test_postbacks_that_come_due_while_the_rate_limit_is_spent_go_out_together_when_it_allows(
+        tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+    # One request per 2 s: the first purchase's request spends it, and the next five come due meanwhile.
+    settings = settings_for(tmp_path, database_url, fake_network, rate_limit_per_config=0.5)
+    async with serving(settings) as (_, channel):
+        await h.create_config(channel, "g1", network=TIKTOK, pixel_id="CTRATE1")
+        await h.ingest(channel, "g1", h.click("c1", user_id="u1", landing_url="https://game.example/?ttclid=TT-8"))
+        await h.ingest(channel, "g1", h.purchase("p0", user_id="u1"))
+        await wait_until(lambda: sent_dedup_ids(fake_network) == ["p0"])
+        for i in range(1, 6):
+            await h.ingest(channel, "g1", h.purchase(f"p{i}", user_id="u1"))
+
+        await wait_until(lambda: len(sent_dedup_ids(fake_network)) == 6)
+        # Claimed one by one, each would have waited in line for the limit and gone alone, one every 2 s.
+        assert [len(r.json["data"]) for r in postback_requests(fake_network)] == [1, 5]
+
+
 async def test_a_dispatcher_process_picks_up_what_an_api_process_commits_without_waiting_for_its_poll(
         tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
     # A poll far longer than the wait below: only the cheap look for due work can explain a prompt delivery.

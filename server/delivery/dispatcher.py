@@ -36,17 +36,30 @@ class TokenBucket:
         self._tokens = self._capacity
         self._updated = time.monotonic()
 
-    async def take(self) -> None:
+    def wait_s(self) -> float:
+        """How long until a request may go: 0 when one may go now."""
         if self._rate <= 0:
-            return
-        while True:
-            now = time.monotonic()
-            self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
-            self._updated = now
-            if self._tokens >= 1:
-                self._tokens -= 1
-                return
-            await asyncio.sleep((1 - self._tokens) / self._rate)
+            return 0.0
+        self._refill()
+        return max(0.0, (1 - self._tokens) / self._rate)
+
+    def reserve(self) -> None:
+        """Spends a request now, for a batch claimed when wait_s() said one may go."""
+        if self._rate > 0:
+            self._refill()
+            self._tokens -= 1
+
+    async def take(self) -> None:
+        wait_s = self.wait_s()
+        while wait_s > 0:
+            await asyncio.sleep(wait_s)
+            wait_s = self.wait_s()
+        self.reserve()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
 
 
 class Dispatcher:
@@ -115,16 +128,22 @@ class Dispatcher:
             if free > 0:
                 self._seen_version = self._ctx.db.data_version()
                 started = asyncio.get_running_loop().time()
+                # A config whose rate limit has no request to spend now is not claimed: its due postbacks gather
+                # into the batch that goes when it has one. Claimed anyway, each claim's few postbacks waited in
+                # line for the limit (at 1,000 conversions/s, 50 requests/s: 36 ms of a postback's 70 ms).
+                rate_limited = {row_id: wait_s for row_id, bucket in self._buckets.items()
+                                if (wait_s := bucket.wait_s()) > 0}
                 try:
                     claim = await deliveries.lease_due(self._ctx, self.owner_id, max_batches=free,
                                                        batch_size=settings.dispatch_batch_size,
-                                                       skip_config_row_ids=self._full_configs())
+                                                       skip_config_row_ids=[*self._full_configs(), *rate_limited])
                 except Exception:
                     log.exception("claiming due postbacks failed; trying again in %.1fs", timeout_s)
                 else:
                     # Each batch is read by its own task: the next lease is taken while this one's conversions
                     # are read, which took the claim loop half its time when they were read here.
                     for lease in claim.leases:
+                        self._bucket(lease.config_row_id).reserve()  # the batch's request, spent at the claim
                         task = asyncio.create_task(self._deliver(lease), name=f"deliver config {lease.config_row_id}")
                         self._in_flight[task] = lease
                         task.add_done_callback(self._finished)
@@ -140,6 +159,8 @@ class Dispatcher:
                             self._watch_from = finished + min(9 * (finished - started), settings.dispatch_probe_s)
                         if claim.next_due_us is not None:
                             timeout_s = min(timeout_s, max(0.0, (claim.next_due_us - self._ctx.clock()) / 1e6))
+                        if rate_limited:
+                            timeout_s = min(timeout_s, *rate_limited.values())
             if timeout_s > 0:
                 await self._idle(timeout_s)
 
@@ -208,10 +229,13 @@ class Dispatcher:
         self._in_flight.pop(task, None)
         self._wake.set()  # a slot is free, and this config may have more due work
 
+    def _bucket(self, config_row_id: int) -> TokenBucket:
+        return self._buckets.setdefault(config_row_id, TokenBucket(self._ctx.settings.rate_limit_per_config))
+
     async def _send(self, batch: Batch) -> list[Attempt]:
         target = batch.target
-        bucket = self._buckets.setdefault(target.row_id, TokenBucket(self._ctx.settings.rate_limit_per_config))
-        attempt_time_us, sent = await self._request(target, bucket, batch.deliveries)
+        bucket = self._bucket(target.row_id)
+        attempt_time_us, sent = await self._request(target, bucket, batch.deliveries, spent=True)
         attempts = [Attempt(d, attempt_time_us, sent.classification, sent.latency_ms) for d in batch.deliveries]
         # Reddit refuses a whole batch for one invalid event: resend each alone so the others still get through.
         if not (target.network is Network.REDDIT and len(attempts) > 1 and sent.classification.http_status == 400):
@@ -227,9 +251,10 @@ class Dispatcher:
             for d, (time_us, single) in zip(batch.deliveries, singles, strict=True)
         ]
 
-    async def _request(self, target: Target, bucket: TokenBucket,
-                       claimed: tuple[ClaimedDelivery, ...]) -> tuple[int, Sent]:
-        await bucket.take()
+    async def _request(self, target: Target, bucket: TokenBucket, claimed: tuple[ClaimedDelivery, ...], *,
+                       spent: bool = False) -> tuple[int, Sent]:
+        if not spent:  # a batch's first request was spent when it was claimed
+            await bucket.take()
         attempt_time_us = self._ctx.clock()
         sent = await self._client.send(target.network, target.credentials, [d.event for d in claimed])
         self._ctx.metrics.observe_request_latency(target.network.value, sent.latency_ms)
