@@ -3,7 +3,7 @@
 import contextlib
 import time
 
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 
 from postbacks.v1 import network_pb2, postback_config_pb2
 from server.core.hashing import hash_email_reddit, hash_email_tiktok, hash_external_id, sha256_hex
@@ -11,7 +11,7 @@ from server.core.postback import Classification, Outcome
 from server.core.retry import give_up_reason
 from server.core.types import DeliveryState, Network
 from server.services.deliveries import CONFIG_DISABLED, Attempt, lease_due, load_leased, record_attempts
-from server.store.models import Event
+from server.store.models import Delivery, Event
 from tests import helpers as h
 from tests.conftest import running_app, wait_until
 from tests.conftest import test_settings as settings_for  # aliased: pytest would collect a test_* name
@@ -363,6 +363,27 @@ async def test_recording_an_attempt_for_an_erased_conversion_is_harmless(tmp_pat
 
         assert await deliveries(app) == [] and await delivery_logs(app) == []
         assert (await get_config(channel, batch.target.name)).health == HEALTH.POSTBACK_CONFIG_HEALTH_HEALTHY
+
+
+async def test_an_attempt_whose_lease_was_lost_is_logged_with_the_number_it_was_claimed_with(
+        tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+    async with serving(settings_for(tmp_path, database_url, fake_network, role="api")) as (app, channel):
+        await h.create_config(channel, "g1", network=TIKTOK)
+        await h.ingest(channel, "g1", h.click("c1", user_id="u1", landing_url="https://game.example/?ttclid=TT-8"))
+        await h.ingest(channel, "g1", h.purchase("p1", user_id="u1"))
+        [lease] = (await lease_due(app.ctx, "slow-owner", max_batches=4, batch_size=10)).leases
+        batch = await load_leased(app.ctx, "slow-owner", lease)
+        assert batch is not None and batch.deliveries[0].attempt_number == 1
+        # Its lease ran out mid-send; another dispatcher took the postback over and made an attempt of its own.
+        async with app.db.transaction() as session:
+            await session.execute(update(Delivery).values(attempt_count=1, lease_owner="other-owner"))
+        ok = Classification(Outcome.SUCCESS, 200, "0", "OK", "req-1")
+        await record_attempts(app.ctx, "slow-owner", batch.target,
+                              [Attempt(batch.deliveries[0], app.ctx.clock(), ok, 12)])
+
+        assert [row.attempt_number for row in await delivery_logs(app, "p1")] == [1]
+        [delivery] = await deliveries(app)
+        assert (delivery.attempt_count, delivery.lease_owner) == (1, "other-owner")  # the other party's state stays
 
 
 async def test_on_sqlite_a_dispatcher_process_picks_up_another_process_commit_before_its_probe(

@@ -431,18 +431,25 @@ async def _record_alike(ctx: ServiceContext, owner_id: str, target: Target, atte
         # A conversion's kind is spelled as its event type.
         "event_type": conversions.kind, "status": literal(status.value, String),
         "http_status": literal(c.http_status or 0, Integer), "latency_ms": literal(first.latency_ms, Integer),
-        "attempt_number": deliveries.attempt_count + 1, "network_code": literal(c.network_code, String),
+        "attempt_number": bindparam("attempt_number", type_=Integer), "network_code": literal(c.network_code, String),
         "network_message": literal(c.message, String), "network_request_id": literal(c.request_id, String),
         "conversion_event_id": conversions.event_id, "next_attempt_time_us": literal(None, BigInteger),
     }
+    # Each attempt carries the number it was claimed with: one whose lease was lost may find the row's count moved
+    # on by the dispatcher that took over.
+    ids_by_number: dict[int, list[int]] = {}
+    for attempt in attempts:
+        ids_by_number.setdefault(attempt.delivery.attempt_number, []).append(attempt.delivery.delivery_id)
+    log_insert = DeliveryLog.__table__.insert().from_select(
+        list(log_values),
+        select(*log_values.values())
+        .select_from(Delivery.__table__.join(Event.__table__, conversions.id == deliveries.event_row_id))
+        .where(in_parameter(deliveries.id, "delivery_ids")).order_by(deliveries.id))
+
     def settle(session: Session) -> tuple[int, int]:
-        # Logged before the state moves on, so the attempt number is the one this dispatcher claimed. A delivery
-        # erased while in flight has no row left to join, so its attempt is not logged.
-        logged = session.execute(DeliveryLog.__table__.insert().from_select(
-            list(log_values),
-            select(*log_values.values())
-            .select_from(Delivery.__table__.join(Event.__table__, conversions.id == deliveries.event_row_id))
-            .where(in_values(deliveries.id, ids)).order_by(deliveries.id))).rowcount
+        # A delivery erased while in flight has no row left to join, so its attempt is not logged.
+        logged = sum(session.execute(log_insert, {"attempt_number": number, "delivery_ids": numbered}).rowcount
+                     for number, numbered in sorted(ids_by_number.items()))
         settled = session.execute(
             # Holding the lease means pending (every other state clears it); a state condition here would also
             # tempt SQLite to walk the state index instead of looking the ids up.
