@@ -10,7 +10,14 @@ from server.core.hashing import hash_email_reddit, hash_email_tiktok, hash_exter
 from server.core.postback import Classification, Outcome
 from server.core.retry import give_up_reason
 from server.core.types import DeliveryState, Network
-from server.services.deliveries import CONFIG_DISABLED, Attempt, lease_due, load_leased, record_attempts
+from server.services.deliveries import (
+    CONFIG_DISABLED,
+    Attempt,
+    Batch,
+    lease_due,
+    load_leased,
+    record_attempts,
+)
 from server.store.models import Delivery, Event
 from tests import helpers as h
 from tests.conftest import running_app, wait_until
@@ -30,6 +37,7 @@ from tests.fakes.fake_network import Reply
 TIKTOK = network_pb2.NETWORK_TIKTOK
 REDDIT = network_pb2.NETWORK_REDDIT
 HEALTH = postback_config_pb2.PostbackConfigHealth
+OK = Classification(Outcome.SUCCESS, 200, "0", "OK", "req-1")
 
 
 def conversion_time_us() -> int:
@@ -346,20 +354,25 @@ async def test_a_dispatcher_process_picks_up_what_an_api_process_commits_without
         await wait_until(lambda: sent_dedup_ids(fake_network) == ["p1"], timeout=5.0)
 
 
+async def leased_purchase(app, channel, owner: str) -> Batch:  # type: ignore[no-untyped-def]
+    """An attributed purchase p1 in game g1, leased to `owner` and read as a batch (no dispatcher runs here)."""
+    await h.create_config(channel, "g1", network=TIKTOK)
+    await h.ingest(channel, "g1", h.click("c1", user_id="u1", landing_url="https://game.example/?ttclid=TT-8"))
+    await h.ingest(channel, "g1", h.purchase("p1", user_id="u1"))
+    [lease] = (await lease_due(app.ctx, owner, max_batches=4, batch_size=10)).leases
+    batch = await load_leased(app.ctx, owner, lease)
+    assert batch is not None
+    return batch
+
+
 async def test_recording_an_attempt_for_an_erased_conversion_is_harmless(tmp_path, database_url, fake_network) -> None:
     async with serving(settings_for(tmp_path, database_url, fake_network, role="api")) as (app, channel):
-        await h.create_config(channel, "g1", network=TIKTOK)
-        await h.ingest(channel, "g1", h.click("c1", user_id="u1", landing_url="https://game.example/?ttclid=TT-8"))
-        await h.ingest(channel, "g1", h.purchase("p1", user_id="u1"))
-        [lease] = (await lease_due(app.ctx, "test-owner", max_batches=4, batch_size=10)).leases
-        batch = await load_leased(app.ctx, "test-owner", lease)
-        assert batch is not None
+        batch = await leased_purchase(app, channel, "test-owner")
         assert (await lease_due(app.ctx, "other-owner", max_batches=4, batch_size=10)).leases == []  # leased
         async with app.db.transaction() as session:  # what erasure does: the conversion and its outbox row go
             await session.execute(delete(Event).where(Event.event_id == "p1"))
-        ok = Classification(Outcome.SUCCESS, 200, "0", "OK", "req-1")
         await record_attempts(app.ctx, "test-owner", batch.target,
-                              [Attempt(batch.deliveries[0], app.ctx.clock(), ok, 12)])
+                              [Attempt(batch.deliveries[0], app.ctx.clock(), OK, 12)])
 
         assert await deliveries(app) == [] and await delivery_logs(app) == []
         assert (await get_config(channel, batch.target.name)).health == HEALTH.POSTBACK_CONFIG_HEALTH_HEALTHY
@@ -368,18 +381,13 @@ async def test_recording_an_attempt_for_an_erased_conversion_is_harmless(tmp_pat
 async def test_an_attempt_whose_lease_was_lost_is_logged_with_the_number_it_was_claimed_with(
         tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
     async with serving(settings_for(tmp_path, database_url, fake_network, role="api")) as (app, channel):
-        await h.create_config(channel, "g1", network=TIKTOK)
-        await h.ingest(channel, "g1", h.click("c1", user_id="u1", landing_url="https://game.example/?ttclid=TT-8"))
-        await h.ingest(channel, "g1", h.purchase("p1", user_id="u1"))
-        [lease] = (await lease_due(app.ctx, "slow-owner", max_batches=4, batch_size=10)).leases
-        batch = await load_leased(app.ctx, "slow-owner", lease)
-        assert batch is not None and batch.deliveries[0].attempt_number == 1
+        batch = await leased_purchase(app, channel, "slow-owner")
+        assert batch.deliveries[0].attempt_number == 1
         # Its lease ran out mid-send; another dispatcher took the postback over and made an attempt of its own.
         async with app.db.transaction() as session:
             await session.execute(update(Delivery).values(attempt_count=1, lease_owner="other-owner"))
-        ok = Classification(Outcome.SUCCESS, 200, "0", "OK", "req-1")
         await record_attempts(app.ctx, "slow-owner", batch.target,
-                              [Attempt(batch.deliveries[0], app.ctx.clock(), ok, 12)])
+                              [Attempt(batch.deliveries[0], app.ctx.clock(), OK, 12)])
 
         assert [row.attempt_number for row in await delivery_logs(app, "p1")] == [1]
         [delivery] = await deliveries(app)
