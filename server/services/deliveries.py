@@ -309,7 +309,7 @@ _POSTBACK_COLUMNS = (
 )
 _EVENT_TYPES = {t.value: t for t in EventType}
 # Built once and run on the session's connection: the session's own execute takes a statement through the ORM's
-# handling, which cost a 1,000-postback read about as much again as SQLite's join did.
+# handling, which added about 1.3 ms to a 1,000-postback read whose join takes SQLite about 3 ms.
 _LEASED_POSTBACKS = select(_DELIVERY_IDS, *_POSTBACK_COLUMNS).select_from(_DELIVERY_EVENTS).where(
     in_parameter(_DELIVERY_IDS, "delivery_ids"))
 
