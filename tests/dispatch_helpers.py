@@ -14,7 +14,7 @@ from postbacks.v1 import (
 )
 from server.app import App
 from server.core import tiktok
-from server.store.models import Delivery, DeliveryLog
+from server.store.models import Delivery, DeliveryLog, RenderedPostback
 from tests.fakes.fake_network import FakeAdNetwork, NetworkName, ReceivedRequest
 
 
@@ -30,6 +30,12 @@ async def delivery_logs(app: App, conversion_event_id: str | None = None) -> lis
 async def deliveries(app: App) -> list[Delivery]:
     async with app.db.transaction() as session:
         return list((await session.execute(select(Delivery).order_by(Delivery.id))).scalars())
+
+
+async def renderings(app: App) -> dict[int, bytes]:
+    """The kept renderings of pending postbacks, by delivery id."""
+    async with app.db.transaction() as session:
+        return dict((await session.execute(select(RenderedPostback.delivery_id, RenderedPostback.body))).all())
 
 
 def is_credential_check(request: ReceivedRequest) -> bool:

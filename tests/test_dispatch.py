@@ -5,7 +5,7 @@ import time
 
 from sqlalchemy import delete, update
 
-from postbacks.v1 import network_pb2, postback_config_pb2
+from postbacks.v1 import network_pb2, postback_config_pb2, postback_config_service_pb2
 from server.core.hashing import hash_email_reddit, hash_email_tiktok, hash_external_id, sha256_hex
 from server.core.postback import Classification, Outcome
 from server.core.retry import give_up_reason
@@ -18,16 +18,18 @@ from server.services.deliveries import (
     load_leased,
     record_attempts,
 )
-from server.store.models import Delivery, Event
+from server.store.models import Delivery, Event, RenderedPostback
 from tests import helpers as h
 from tests.conftest import running_app, wait_until
 from tests.conftest import test_settings as settings_for  # aliased: pytest would collect a test_* name
 from tests.dispatch_helpers import (
     batch_ingest,
+    config_stub,
     deliveries,
     delivery_logs,
     get_config,
     postback_requests,
+    renderings,
     rotate,
     sent_dedup_ids,
     set_enabled,
@@ -162,6 +164,7 @@ async def test_a_server_error_is_retried_then_logged_as_success(app, channel, fa
     assert sent_dedup_ids(fake_network, "tiktok") == ["p1", "p1"]
     [delivery] = await deliveries(app)
     assert (delivery.state, delivery.attempt_count, delivery.lease_owner) == (DeliveryState.SUCCEEDED, 2, None)
+    assert await renderings(app) == {}  # kept through the retry, dropped once sent
 
 
 async def _statuses_are(app, conversion_event_id: str, expected: list[str]) -> bool:  # type: ignore[no-untyped-def]
@@ -183,6 +186,7 @@ async def test_tiktok_auth_code_in_http_200_fails_once_and_marks_credentials_unt
     assert h.TIKTOK_TOKEN not in entry.network_message
     [delivery] = await deliveries(app)
     assert delivery.attempt_count == 1 and "40105" in delivery.last_error  # terminal: never tried again
+    assert await renderings(app) == {}
     assert sent_dedup_ids(fake_network, "tiktok") == ["p1"]
     assert (await get_config(channel, config.name)).health == HEALTH.POSTBACK_CONFIG_HEALTH_CREDENTIAL_FAILURES
 
@@ -222,6 +226,7 @@ async def test_reddit_batch_refused_with_400_is_resent_one_event_at_a_time(app, 
         outcomes.append((single.status, single.http_status))
     assert sorted(outcomes) == [("failed", 400), ("success", 200), ("success", 200)]
     assert sorted(d.state for d in await deliveries(app)) == ["failed", "succeeded", "succeeded"]
+    assert await renderings(app) == {}
 
 
 async def _all_settled(app) -> bool:  # type: ignore[no-untyped-def]
@@ -295,6 +300,52 @@ async def test_a_config_disabled_before_sending_sends_nothing(tmp_path, database
             ("cancelled", CONFIG_DISABLED), ("succeeded", None)]
         assert sent_dedup_ids(fake_network) == ["p-reddit"]
         assert [e.conversion_event_id for e in await delivery_logs(app)] == ["p-reddit"]
+        assert await renderings(app) == {}
+
+
+async def test_deleting_a_config_cancels_its_pending_postbacks_and_drops_their_renderings(
+        tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+    async with serving(settings_for(tmp_path, database_url, fake_network, role="api")) as (app, channel):
+        config = await h.create_config(channel, "g1", network=TIKTOK)
+        await h.ingest(channel, "g1", h.click("c1", user_id="u1", landing_url="https://game.example/?ttclid=TT-11"))
+        await h.ingest(channel, "g1", h.purchase("p1", user_id="u1"))
+        assert len(await renderings(app)) == 1
+        await config_stub(channel).DeletePostbackConfig(
+            postback_config_service_pb2.DeletePostbackConfigRequest(name=config.name))
+
+        assert [d.state for d in await deliveries(app)] == [DeliveryState.CANCELLED]
+        assert await renderings(app) == {}
+
+
+async def test_a_postback_without_a_kept_rendering_is_rendered_when_sent_to_the_same_bytes(
+        tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+    """Ingest renders each owed postback once, as the network's request carries it. One pending without (owed
+    before this was kept, or its game has had an erasure since) is rendered from its conversion and click when
+    sent: byte for byte what ingest kept."""
+    async with serving(settings_for(tmp_path, database_url, fake_network, role="api")) as (app, channel):
+        await h.create_config(channel, "g1", network=TIKTOK, pixel_id="CTPIXEL123")
+        await h.create_config(channel, "g1", network=REDDIT, pixel_id="a2_pixel42")
+        await h.ingest(channel, "g1", h.click("c1", anonymous_id="a1", landing_url="https://game.example/?ttclid=TT-1",
+                                              ip_address="198.51.100.4", user_agent="ClickAgent/1.0"))
+        await h.ingest(channel, "g1", h.click("c2", anonymous_id="a2", network=REDDIT, click_id="RDT-1"))
+        await h.ingest(channel, "g1", h.identify("i1", user_id="player-42", anonymous_id="a1", email="Foo@Example.COM"))
+        await h.ingest(channel, "g1", h.identify("i2", user_id="player-7", anonymous_id="a2"))
+        await h.ingest(channel, "g1", h.purchase("p1", user_id="player-42", value="9.99", currency="USD",
+                                                 ip_address="203.0.113.7"))
+        await h.ingest(channel, "g1", h.launch("l7", user_id="player-7"))
+        await h.ingest(channel, "g1", h.purchase("p7", user_id="player-7", value="0.5", currency="EUR",
+                                                 ip_address="2001:DB8::7"))
+        kept = await renderings(app)
+        assert sorted(kept) == [d.id for d in await deliveries(app)] and len(kept) == 3
+        async with app.db.transaction() as session:
+            await session.execute(delete(RenderedPostback))
+
+    async with serving(settings_for(tmp_path, database_url, fake_network)) as (app, _):
+        await wait_until(lambda: _all_settled(app))
+        assert [d.state for d in await deliveries(app)] == [DeliveryState.SUCCEEDED] * 3
+    sent = [r.body for r in postback_requests(fake_network)]
+    for body in kept.values():
+        assert sum(body in request for request in sent) == 1, body
 
 
 async def test_a_config_whose_network_hangs_does_not_hold_up_another(app, channel, fake_network) -> None:

@@ -17,7 +17,7 @@ from server.core.hashing import hash_email_tiktok
 from server.store.models import Erasure, Event, IdentityLink
 from tests.conftest import running_app, wait_until
 from tests.conftest import test_settings as settings_for  # aliased: pytest would collect a test_* name
-from tests.dispatch_helpers import sent_dedup_ids
+from tests.dispatch_helpers import renderings, sent_dedup_ids
 from tests.helpers import (
     authorized_channel,
     click,
@@ -83,6 +83,7 @@ async def test_a_pending_postback_of_an_erased_player_is_never_sent(tmp_path, da
         await create_config(channel, "g", config_id="tt")
         await player_on_two_devices(channel)
         assert [p.state for p in (await get_conversion(channel, "p1-launch")).postbacks] == [PENDING]
+        assert len(await renderings(api)) == 3  # p1's launch and purchase, p9's launch
 
         first = await erase(channel, user_id="p1")
         assert counts(first) == (P1_EVENTS, P1_LINKS, P1_CONVERSIONS, 2)
@@ -93,6 +94,7 @@ async def test_a_pending_postback_of_an_erased_player_is_never_sent(tmp_path, da
             await get_conversion(channel, "p1-launch")
         assert gone.value.code() == grpc.StatusCode.NOT_FOUND
         assert [p.state for p in (await get_conversion(channel, "p9-launch")).postbacks] == [PENDING]
+        assert await renderings(api) == {}  # the others' too: theirs is rendered again when sent
 
     async with running_app(settings.replace(role="dispatcher")):
         await wait_until(lambda: "p9-launch" in sent_dedup_ids(fake_network))

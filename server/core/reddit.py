@@ -17,6 +17,7 @@ from server.core.postback import (
     decimal_units_text,
     encode_json,
     header_value,
+    json_fragment,
     json_number,
     parse_json_object,
     retry_after_seconds,
@@ -53,13 +54,29 @@ def build_request(
     Raises ValueError for a bad batch size or an event without a match key: Reddit would refuse the whole
     batch for it, so the caller must skip such events (recording why) before building the request.
     """
-    check_batch_size(len(events), test_code, MAX_BATCH)
-    if not all(has_match_key(event) for event in events):
+    return request_of_rendered(base_url, credentials, [render_event(event) for event in events], test_code)
+
+
+def render_event(event: PostbackEvent) -> bytes:
+    """The event's entry in a request's events: JSON, rendered once when its conversion is decided. Raises
+    ValueError for an event without a match key, which Reddit would refuse (and the whole batch with it)."""
+    if not has_match_key(event):
         raise ValueError("every Reddit conversion needs a click_id or a hashed email")
+    return encode_json(_event_payload(event))
+
+
+def request_of_rendered(
+    base_url: str,
+    credentials: NetworkCredentials,
+    rendered: Sequence[bytes],
+    test_code: str | None = None,
+) -> HttpRequest:
+    """build_request for events already rendered (render_event): the same bytes."""
+    check_batch_size(len(rendered), test_code, MAX_BATCH)
     data: dict[str, Any] = {}
     if test_code is not None:
         data["test_id"] = test_code
-    data["events"] = [_event_payload(event) for event in events]
+    data["events"] = [json_fragment(entry) for entry in rendered]
     return HttpRequest(
         method="POST",
         url=base_url.rstrip("/") + conversion_path(credentials.pixel_id),

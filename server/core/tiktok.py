@@ -16,6 +16,7 @@ from server.core.postback import (
     decimal_units_text,
     encode_json,
     header_value,
+    json_fragment,
     json_number,
     parse_json_object,
     retry_after_seconds,
@@ -46,11 +47,26 @@ def build_request(
     test_code: str | None = None,
 ) -> HttpRequest:
     """The POST for one batch. A test_code routes the (single) event to TikTok's test tooling."""
-    check_batch_size(len(events), test_code, MAX_BATCH)
+    return request_of_rendered(base_url, credentials, [render_event(event) for event in events], test_code)
+
+
+def render_event(event: PostbackEvent) -> bytes:
+    """The event's entry in a request's data: JSON, rendered once when its conversion is decided."""
+    return encode_json(_event_payload(event))
+
+
+def request_of_rendered(
+    base_url: str,
+    credentials: NetworkCredentials,
+    rendered: Sequence[bytes],
+    test_code: str | None = None,
+) -> HttpRequest:
+    """build_request for events already rendered (render_event): the same bytes."""
+    check_batch_size(len(rendered), test_code, MAX_BATCH)
     payload: dict[str, Any] = {"event_source": "web", "event_source_id": credentials.pixel_id.strip()}
     if test_code is not None:
         payload["test_event_code"] = test_code
-    payload["data"] = [_event_payload(event) for event in events]
+    payload["data"] = [json_fragment(entry) for entry in rendered]
     return HttpRequest(
         method="POST",
         url=base_url.rstrip("/") + TRACK_PATH,

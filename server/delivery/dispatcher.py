@@ -256,6 +256,6 @@ class Dispatcher:
         if not spent:  # a batch's first request was spent when it was claimed
             await bucket.take()
         attempt_time_us = self._ctx.clock()
-        sent = await self._client.send(target.network, target.credentials, [d.event for d in claimed])
+        sent = await self._client.send(target.network, target.credentials, [d.rendered for d in claimed])
         self._ctx.metrics.observe_request_latency(target.network.value, sent.latency_ms)
         return attempt_time_us, sent

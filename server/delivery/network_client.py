@@ -4,16 +4,14 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import ModuleType
 
 import aiohttp
 
-from server.core import reddit, tiktok
+from server.core.adapters import ADAPTERS
 from server.core.postback import (
     Classification,
     NetworkCredentials,
     Outcome,
-    PostbackEvent,
     TransportError,
     classify_transport_error,
 )
@@ -21,7 +19,6 @@ from server.core.types import EventType, Network
 from server.services.credentials import CheckResult, CredentialCheck
 from server.settings import Settings
 
-ADAPTERS: dict[Network, ModuleType] = {Network.TIKTOK: tiktok, Network.REDDIT: reddit}
 log = logging.getLogger("postbacks.network")
 
 
@@ -56,10 +53,11 @@ class NetworkClient:
             await self._session.close()
             self._session = None
 
-    async def send(self, network: Network, credentials: NetworkCredentials, events: Sequence[PostbackEvent],
+    async def send(self, network: Network, credentials: NetworkCredentials, rendered: Sequence[bytes],
                    test_code: str | None = None) -> Sent:
+        """One request carrying these events, each as the adapter's render_event wrote it."""
         adapter = ADAPTERS[network]
-        request = adapter.build_request(self._base_urls[network], credentials, events, test_code)
+        request = adapter.request_of_rendered(self._base_urls[network], credentials, rendered, test_code)
         await self.start()
         assert self._session is not None
         started = time.perf_counter()
@@ -78,8 +76,9 @@ class NetworkClient:
     async def check(self, network: Network, credentials: NetworkCredentials, event_type: EventType,
                     test_code: str | None) -> CredentialCheck:
         """Credential validation: one synthetic event; not a delivery, so it is not logged as one."""
-        event = ADAPTERS[network].validation_event(event_type, self._clock_us())
-        sent = await self.send(network, credentials, [event], test_code)
+        adapter = ADAPTERS[network]
+        event = adapter.validation_event(event_type, self._clock_us())
+        sent = await self.send(network, credentials, [adapter.render_event(event)], test_code)
         c = sent.classification
         result = {
             Outcome.SUCCESS: CheckResult.ACCEPTED,

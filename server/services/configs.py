@@ -3,7 +3,7 @@
 import secrets as random_ids
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.core import configs as rules
@@ -14,7 +14,7 @@ from server.errors import AlreadyExists, InvalidArgument, NotFound
 from server.secrets import token_hint
 from server.services.context import ServiceContext
 from server.services.credentials import CredentialCheck, require_accepted
-from server.store.models import PENDING, Delivery, PostbackConfig
+from server.store.models import PENDING, Delivery, PostbackConfig, RenderedPostback
 
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50
@@ -175,6 +175,9 @@ async def delete_config(ctx: ServiceContext, game_id: str, config_id: str) -> in
         row = await _find(session, game_id, config_id)
         row.delete_time_us = now_us
         row.enabled = False
+        # Rendered events are kept for pending postbacks only (RenderedPostback).
+        await session.execute(delete(RenderedPostback).where(RenderedPostback.delivery_id.in_(
+            select(Delivery.id).where(Delivery.config_row_id == row.id, Delivery.state == PENDING))))
         cancelled = await session.execute(
             update(Delivery)
             .where(Delivery.config_row_id == row.id, Delivery.state == PENDING)

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from server.core import reddit
+from server.core.adapters import render_sendable
 from server.core.events import EventKind
 from server.core.postback import Classification, NetworkCredentials, Outcome, PostbackEvent
 from server.core.retry import RetryPolicy, decide_retry, give_up_reason, past_network_window
@@ -33,8 +33,8 @@ from server.core.types import AttemptStatus, DeliveryState, EventType, Network
 from server.services.configs import sealing_context
 from server.services.context import ServiceContext
 from server.settings import Settings
-from server.store.models import PENDING, Delivery, DeliveryLog, Event, PostbackConfig
-from server.store.queries import in_parameter, in_values
+from server.store.models import PENDING, Delivery, DeliveryLog, Event, PostbackConfig, RenderedPostback
+from server.store.queries import in_parameter, in_values, insert_rows
 
 US_PER_S = 1_000_000
 CONFIG_DELETED = "postback config deleted before the postback was sent"
@@ -64,7 +64,10 @@ class Target:
 @dataclass(frozen=True, slots=True)
 class ClaimedDelivery:
     delivery_id: int
-    event: PostbackEvent
+    dedup_id: str
+    event_type: EventType
+    event_time_us: int
+    rendered: bytes  # the event as the network's request carries it (the adapter's render_event)
     attempt_number: int  # the number the next attempt carries
     first_attempt_time_us: int | None
 
@@ -220,11 +223,11 @@ def _take_leases(ctx: ServiceContext, session: Session, owner_id: str, cancel: d
         still_inactive = select(PostbackConfig.id).where(PostbackConfig.id.in_(inactive_ids),
                                                          not_(PostbackConfig.enabled))
         inactive_due = select(Delivery.id).where(Delivery.config_row_id.in_(still_inactive), _due(now_us))
-        session.execute(
+        forget_rendered(session, session.execute(
             update(Delivery).where(Delivery.id.in_(_lockable(ctx, inactive_due)))
             .values(state=DeliveryState.CANCELLED.value, last_error=reason, **_clear_lease())
-            .execution_options(synchronize_session=False)
-        )
+            .returning(Delivery.id).execution_options(synchronize_session=False)
+        ).scalars().all())
     leased: dict[int, list[Row[Any]]] = {}
     for config_row_id in config_row_ids:
         if rows := _lease(ctx, session, owner_id, config_row_id, now_us, lease_until_us, batch_size):
@@ -264,21 +267,58 @@ def _target(ctx: ServiceContext, config: PostbackConfig, leased: int) -> Target 
 
 def _load_batch(session: Session, target: Target, leased: Sequence[Row[Any]], now_us: int,
                 unsendable: dict[int, str]) -> Batch:
-    """The leased deliveries as postbacks, read with their conversions and attributed clicks in one query.
-    Those the network would refuse whatever happens go into `unsendable` instead, with the reason."""
-    columns = {row_id: columns for row_id, *columns in session.connection().execute(
-        _LEASED_POSTBACKS, {"delivery_ids": [row.id for row in leased]})}
+    """The leased deliveries as postbacks: their events as rendered when the conversions were decided, or rendered
+    now from the conversions and their attributed clicks for those kept without (see RenderedPostback). Those the
+    network would refuse whatever happens go into `unsendable` instead, with the reason."""
+    connection = session.connection()
+    delivery_ids = [row.id for row in leased]
+    rendered = {row[0]: row for row in connection.execute(_RENDERED, {"delivery_ids": delivery_ids}).all()}
+    if missing := [delivery_id for delivery_id in delivery_ids if delivery_id not in rendered]:
+        for delivery_id, *columns in connection.execute(_LEASED_POSTBACKS, {"delivery_ids": missing}).all():
+            event = postback_event(*columns)
+            body = render_sendable(target.network, event)
+            if body is None:
+                unsendable[delivery_id] = NO_MATCH_KEY
+            else:
+                rendered[delivery_id] = _rendering(delivery_id, event, body)
     claimed: list[ClaimedDelivery] = []
+    network = target.network
     for delivery_id, attempt_count, first_attempt_us in leased:
-        if delivery_id not in columns:
-            continue  # erased since it was leased
-        event = postback_event(*columns[delivery_id])
-        reason = _unsendable_reason(target.network, event, now_us, first_attempt_us)
-        if reason:
-            unsendable[delivery_id] = reason
+        row = rendered.get(delivery_id)
+        if row is None:
+            continue  # erased since it was leased, or unsendable
+        _, dedup_id, event_type, event_time_us, body = row
+        if past_network_window(network, now_us, first_attempt_us, event_time_us):
+            unsendable[delivery_id] = give_up_reason(network)
         else:
-            claimed.append(ClaimedDelivery(delivery_id, event, attempt_count + 1, first_attempt_us))
+            claimed.append(ClaimedDelivery(delivery_id, dedup_id, _EVENT_TYPES[event_type], event_time_us, body,
+                                           attempt_count + 1, first_attempt_us))
     return Batch(target, tuple(claimed))
+
+
+def render_pending(session: Session, event_row_ids: Sequence[int]) -> None:
+    """Renders the pending postbacks of these conversions for their networks, once, as the dispatcher will send
+    them (see RenderedPostback); those a network would refuse whatever happens are left for it to fail."""
+    rows = []
+    for delivery_id, network, *columns in session.connection().execute(
+            _PENDING_POSTBACKS_OF, {"event_row_ids": event_row_ids}).all():
+        event = postback_event(*columns)
+        body = render_sendable(_NETWORKS[network], event)
+        if body is not None:
+            rows.append(_rendering(delivery_id, event, body))
+    if rows:
+        insert_rows(session, RenderedPostback.__table__, _RENDERED_COLUMNS, rows)
+
+
+def _rendering(delivery_id: int, event: PostbackEvent, body: bytes) -> tuple[int, str, str, int, bytes]:
+    """A RenderedPostback row, in _RENDERED_COLUMNS order."""
+    return delivery_id, event.dedup_id, event.event_type.value, event.event_time_us, body
+
+
+def forget_rendered(session: Session, delivery_ids: Sequence[int]) -> None:
+    """Drops the rendered events of postbacks that are no longer pending (or whose rendering may no longer hold)."""
+    if delivery_ids:
+        session.execute(_FORGET_RENDERED, {"delivery_ids": delivery_ids})
 
 
 async def _fail_unsendable(ctx: ServiceContext, owner_id: str, reasons: dict[int, str]) -> None:
@@ -288,6 +328,7 @@ async def _fail_unsendable(ctx: ServiceContext, owner_id: str, reasons: dict[int
                 update(Delivery).where(Delivery.id == delivery_id, Delivery.lease_owner == owner_id)
                 .values(state=DeliveryState.FAILED.value, last_error=reason, **_clear_lease())
                 .execution_options(synchronize_session=False))
+        forget_rendered(session, list(reasons))
 
     await ctx.db.write(fail)
 
@@ -305,18 +346,20 @@ _POSTBACK_COLUMNS = (
     *(_CLICKS.c[name] for name in ("click_id", "ip_address", "user_agent", "landing_url")),
 )
 _EVENT_TYPES = {t.value: t for t in EventType}
+_NETWORKS = {n.value: n for n in Network}
 # Built once on the tables' columns and run on the session's connection: the session's own execute takes a statement
 # through the ORM's handling, which added about 1.3 ms to a 1,000-postback read whose join takes SQLite about 3 ms.
 _LEASED_POSTBACKS = select(Delivery.__table__.c.id, *_POSTBACK_COLUMNS).select_from(_DELIVERY_EVENTS).where(
     in_parameter(Delivery.__table__.c.id, "delivery_ids"))
-
-
-def _unsendable_reason(network: Network, event: PostbackEvent, now_us: int, first_attempt_us: int | None) -> str | None:
-    if past_network_window(network, now_us, first_attempt_us, event.event_time_us):
-        return give_up_reason(network)
-    if network is Network.REDDIT and not reddit.has_match_key(event):
-        return NO_MATCH_KEY
-    return None
+_PENDING_POSTBACKS_OF = select(Delivery.__table__.c.id, PostbackConfig.__table__.c.network, *_POSTBACK_COLUMNS) \
+    .select_from(_DELIVERY_EVENTS.join(PostbackConfig.__table__,
+                                       PostbackConfig.__table__.c.id == Delivery.__table__.c.config_row_id)) \
+    .where(in_parameter(Delivery.__table__.c.event_row_id, "event_row_ids"), Delivery.__table__.c.state == PENDING)
+_RENDERED_COLUMNS = ("delivery_id", "dedup_id", "event_type", "event_time_us", "body")
+_RENDERED = select(*(RenderedPostback.__table__.c[name] for name in _RENDERED_COLUMNS)).where(
+    in_parameter(RenderedPostback.__table__.c.delivery_id, "delivery_ids"))
+_FORGET_RENDERED = RenderedPostback.__table__.delete().where(
+    in_parameter(RenderedPostback.__table__.c.delivery_id, "delivery_ids"))
 
 
 def postback_event(event_id: str, kind: str, event_time_us: int, user_id: str | None, email_sha256: str | None,
@@ -398,6 +441,7 @@ def _settle_all(ctx: ServiceContext, session: Session, policy: RetryPolicy, owne
             table.update().where(table.c.id == bindparam("delivery_id"))
             .values({column: bindparam(column) for column in changes[0] if column != "delivery_id"}),
             changes)
+        forget_rendered(session, [c["delivery_id"] for c in changes if c["state"] != DeliveryState.PENDING.value])
     if log_rows:
         session.execute(DeliveryLog.__table__.insert(), log_rows)
     _update_health(session, target.row_id, attempts)
@@ -456,6 +500,8 @@ async def _record_alike(ctx: ServiceContext, owner_id: str, target: Target, atte
                     last_attempt_time_us=attempt_time_us, next_attempt_time_us=attempt_time_us, **_clear_lease())
             .execution_options(synchronize_session=False)
         ).rowcount
+        # Settled, or (lease lost) rendered again by the dispatcher that holds it.
+        forget_rendered(session, ids)
         _update_health(session, target.row_id, attempts[:1])
         return logged, settled
 
@@ -478,17 +524,17 @@ def _settle(ctx: ServiceContext, policy: RetryPolicy, owner_id: str, target: Tar
     """The delivery's next state after these attempts (the last one decides), as column values, or None when
     another party holds it now; and the attempts' log rows."""
     first = attempts[0]
-    event = first.delivery.event
+    delivery = first.delivery
     last = attempts[-1]
     c = last.classification
     status = c.outcome.attempt_status
     next_attempt_us: int | None = None
     give_up: str | None = None
-    final_number = first.delivery.attempt_number + len(attempts) - 1
-    first_attempt_us = row.first_attempt_time_us or first.delivery.first_attempt_time_us or first.attempt_time_us
+    final_number = delivery.attempt_number + len(attempts) - 1
+    first_attempt_us = row.first_attempt_time_us or delivery.first_attempt_time_us or first.attempt_time_us
     if status is AttemptStatus.RETRIED:
         decision = decide_retry(policy, target.network, final_number, ctx.clock(), first_attempt_us,
-                                event.event_time_us, c.retry_after_s, random.random())
+                                delivery.event_time_us, c.retry_after_s, random.random())
         next_attempt_us, give_up = decision.next_attempt_us, decision.give_up_reason
         if give_up:
             status = AttemptStatus.FAILED
@@ -532,15 +578,15 @@ def _settle(ctx: ServiceContext, policy: RetryPolicy, owner_id: str, target: Tar
             "config_display_name": target.display_name,
             "network": target.network.value,
             "attempt_time_us": attempt.attempt_time_us,
-            "event_type": event.event_type.value,
+            "event_type": delivery.event_type.value,
             "status": status.value if is_last else AttemptStatus.RETRIED.value,
             "http_status": a.http_status or 0,
             "latency_ms": attempt.latency_ms,
-            "attempt_number": first.delivery.attempt_number + index,
+            "attempt_number": delivery.attempt_number + index,
             "network_code": a.network_code,
             "network_message": message,
             "network_request_id": a.request_id,
-            "conversion_event_id": event.dedup_id,
+            "conversion_event_id": delivery.dedup_id,
             "next_attempt_time_us": next_attempt_us if is_last else attempts[index + 1].attempt_time_us,
         })
     return change, log_rows

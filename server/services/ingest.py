@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from sqlalchemy import Table, and_, bindparam, exists, or_, select, text
-from sqlalchemy.engine import Dialect
+from sqlalchemy import and_, bindparam, exists, or_, select, text
 from sqlalchemy.orm import Session
 
 from server.core import attribution
@@ -26,8 +25,9 @@ from server.services.conversions import (
     PostbackView,
     conversion_views,
 )
+from server.services.deliveries import render_pending
 from server.store.models import Delivery, Erasure, Event, Game, IdentityLink, PostbackConfig
-from server.store.queries import game_rows_in_parameters, in_parameter
+from server.store.queries import game_rows_in_parameters, in_parameter, insert_rows
 
 _AWAITING_LATE_DATA = tuple(reason.value for reason in attribution.AWAITING_LATE_DATA)
 _CONVERSION_TYPES = {kind: kind.conversion_type for kind in EventKind if kind.conversion_type}
@@ -434,13 +434,13 @@ def _store_and_attribute(ctx: ServiceContext, session: Session, game_id: str, ev
         history.add_event(event)
         rows.append((*_event_values(game_id, event, fingerprint, now_us, email, email_reddit), *decided))
 
-    _insert(session, Event.__table__, _EVENT_COLUMNS, rows)
+    insert_rows(session, Event.__table__, _EVENT_COLUMNS + _DECISION_COLUMNS, rows)
     link_rows = [
         (game_id, e.user_id, e.anonymous_id, e.email_sha256, e.email_sha256_reddit, now_us)
         for e in events if e.kind == EventKind.IDENTIFY and e.user_id and (e.anonymous_id or e.email_sha256)
     ]
     if link_rows:
-        _insert(session, IdentityLink.__table__, _LINK_COLUMNS, link_rows)
+        insert_rows(session, IdentityLink.__table__, _LINK_COLUMNS, link_rows)
     changes: list[tuple[_Awaiting, Decision, str | None, str | None]] = []
     if late_data:
         changes = _reevaluate_recent(session, game_id, events, history, awaiting, configs, lookback_us,
@@ -467,7 +467,8 @@ def _store_and_attribute(ctx: ServiceContext, session: Session, game_id: str, ev
                 {column: bindparam(column) for column in updates[0] if column != "row_id"}),
             updates)
     if deliveries:
-        _insert(session, Delivery.__table__, _DELIVERY_COLUMNS, deliveries)
+        insert_rows(session, Delivery.__table__, _DELIVERY_COLUMNS, deliveries)
+        render_pending(session, sorted({event_row_id for _, event_row_id, *_ in deliveries}))
     stored.owed = len(deliveries)
     return stored
 
@@ -560,8 +561,7 @@ _ERASED = select(_ERASURES.subject_sha256).where(
     _ERASURES.game_id == bindparam("game"), in_parameter(_ERASURES.subject_sha256, "digests"))
 
 
-# Rows are written as tuples by a driver-level executemany in the session's transaction: SQLAlchemy's executemany of
-# dicts costs more per row (it builds each row's parameters in Python) than the database does to store it.
+# Rows are written as tuples (insert_rows), in these columns' order.
 _EVENT_COLUMNS = (
     "game_id", "event_id", "kind", "event_time_us", "receive_time_us", "payload_sha256", "user_id", "anonymous_id",
     "email_sha256", "email_sha256_reddit", "ip_address", "user_agent", "network", "click_id", "landing_url",
@@ -571,21 +571,6 @@ _DECISION_COLUMNS = ("decision", "no_postback_reason", "attributed_click_event_i
 _LINK_COLUMNS = ("game_id", "user_id", "anonymous_id", "email_sha256", "email_sha256_reddit", "link_time_us")
 _DELIVERY_COLUMNS = ("game_id", "event_row_id", "config_row_id", "state", "attempt_count", "next_attempt_time_us",
                      "create_time_us")
-
-
-def _insert(session: Session, table: Table, columns: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:
-    connection = session.connection()
-    connection.exec_driver_sql(_insert_statement(connection.dialect, table, columns), rows)  # type: ignore[arg-type]
-
-
-@functools.cache
-def _insert_statement(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> str:
-    if table is Event.__table__:
-        columns += _DECISION_COLUMNS
-    compiled = table.insert().compile(dialect=dialect, column_keys=list(columns), for_executemany=True)
-    if tuple(compiled.positiontup or ()) != columns:  # the tuples must follow the statement's parameter order
-        raise RuntimeError(f"unexpected parameter order for {table.name}: {compiled.positiontup}")
-    return compiled.string
 
 
 def _event_values(game_id: str, event: NewEvent, fingerprint: str, now_us: int, email_sha256: str | None,

@@ -7,7 +7,7 @@ from sqlalchemy import delete, func, insert, select, text
 from server.core.erasure import erasure_subject, subject_digests
 from server.services.context import ServiceContext
 from server.services.conversions import CONVERSION_KINDS
-from server.store.models import PENDING, Delivery, Erasure, Event, IdentityLink
+from server.store.models import PENDING, Delivery, Erasure, Event, IdentityLink, RenderedPostback
 from server.store.queries import game_rows_matching
 
 
@@ -58,7 +58,11 @@ async def delete_user_data(ctx: ServiceContext, game_id: str, request: ErasureRe
         erased_event_rows = select(Event.id).where(events)
         cancelled = await session.scalar(select(func.count()).select_from(Delivery).where(
             Delivery.event_row_id.in_(erased_event_rows), Delivery.state == PENDING))
-        # Deleting the deliveries explicitly does not depend on the foreign key's ON DELETE CASCADE being enforced.
+        # Every pending postback of the game is rendered again when it is sent, from the rows that remain: a kept
+        # rendering may carry an erased click's id (a conversion of someone else attributed to it). Deleting
+        # explicitly does not depend on the foreign keys' ON DELETE CASCADE being enforced.
+        await session.execute(delete(RenderedPostback).where(RenderedPostback.delivery_id.in_(
+            select(Delivery.id).where(Delivery.game_id == game_id, Delivery.state == PENDING))))
         await session.execute(delete(Delivery).where(Delivery.event_row_id.in_(erased_event_rows))
                               .execution_options(synchronize_session=False))
         deleted_events = (await session.execute(

@@ -155,6 +155,23 @@ class Delivery(Base):
     create_time_us: Mapped[int] = mapped_column(BigInteger)
 
 
+class RenderedPostback(Base):
+    """A pending postback's event as its network's request carries it, rendered when the conversion was decided:
+    a backlog is sent by reading one row per postback, not by joining its conversion and click and rendering them
+    again. The row goes when the postback stops being pending. A pending postback without one (owed before this
+    table existed, or its game has had an erasure since) is rendered at send time from the rows that remain; so a
+    release that renders differently deletes these rows in its migration."""
+
+    __tablename__ = "rendered_postbacks"
+
+    delivery_id: Mapped[int] = mapped_column(Id, ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True)
+    # What the delivery log and the retry schedule need of the conversion, without reading it.
+    dedup_id: Mapped[str] = mapped_column(String(128))
+    event_type: Mapped[str] = mapped_column(String(16))  # EventType
+    event_time_us: Mapped[int] = mapped_column(BigInteger)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class DeliveryLog(Base):
     """One immutable row per HTTP attempt per conversion. No personal data: ids and the network's answer only."""
 

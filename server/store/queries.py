@@ -1,13 +1,15 @@
 """Query fragments shared by use cases."""
 
+import functools
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import Boolean, ColumnElement, String, and_, bindparam, false, or_
+from sqlalchemy import Boolean, ColumnElement, String, Table, and_, bindparam, false, or_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.visitors import InternalTraversal
@@ -39,6 +41,22 @@ def game_rows_in_parameters(game_column: ColumnElement[str], game_parameter: str
     for statements built once: the SQL is the same whatever the lists, and an empty list matches nothing."""
     return or_(*(and_(game_column == bindparam(game_parameter), in_parameter(column, name))
                  for column, name in column_parameters))
+
+
+def insert_rows(session: Session, table: Table, columns: tuple[str, ...], rows: Sequence[tuple[object, ...]]) -> None:
+    """Inserts rows given as tuples in `columns` order, by a driver-level executemany in the session's transaction:
+    SQLAlchemy's executemany of dicts costs more per row (it builds each row's parameters in Python) than the
+    database does to store it."""
+    connection = session.connection()
+    connection.exec_driver_sql(_insert_statement(connection.dialect, table, columns), rows)  # type: ignore[arg-type]
+
+
+@functools.cache
+def _insert_statement(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> str:
+    compiled = table.insert().compile(dialect=dialect, column_keys=list(columns), for_executemany=True)
+    if tuple(compiled.positiontup or ()) != columns:  # the tuples must follow the statement's parameter order
+        raise RuntimeError(f"unexpected parameter order for {table.name}: {compiled.positiontup}")
+    return compiled.string
 
 
 class _ValueList(TypeDecorator[list[Any]]):
