@@ -14,6 +14,7 @@ from sqlalchemy import (
     Integer,
     Row,
     String,
+    Text,
     and_,
     bindparam,
     func,
@@ -243,14 +244,30 @@ def _lockable(ctx: ServiceContext, query):  # type: ignore[no-untyped-def]
 def _lease(ctx: ServiceContext, session: Session, owner_id: str, config_row_id: int, now_us: int,
            lease_until_us: int, batch_size: int) -> list[Row[Any]]:
     """Leases a config's oldest due deliveries: (id, attempt_count, first_attempt_time_us) of each."""
-    candidates = _lockable(ctx, select(Delivery.id).where(Delivery.config_row_id == config_row_id, _due(now_us))
-                           .order_by(Delivery.next_attempt_time_us, Delivery.id).limit(batch_size))
-    return list(session.execute(
-        update(Delivery).where(Delivery.id.in_(candidates))
-        .values(lease_owner=owner_id, lease_expire_time_us=lease_until_us)
-        .returning(Delivery.id, Delivery.attempt_count, Delivery.first_attempt_time_us)
-        .execution_options(synchronize_session=False)
-    ).all())
+    return list(session.connection().execute(_LEASE_ON_SQLITE if ctx.db.is_sqlite else _LEASE_SKIPPING_LOCKED, {
+        "config": config_row_id, "now_us": now_us, "batch_size": batch_size, "owner": owner_id,
+        "until_us": lease_until_us}).all())
+
+
+def _lease_statement(*, skip_locked: bool):  # type: ignore[no-untyped-def]
+    table = Delivery.__table__
+    now_us = bindparam("now_us", type_=BigInteger)
+    candidates = select(table.c.id).where(
+        table.c.config_row_id == bindparam("config"), table.c.state == PENDING,
+        table.c.next_attempt_time_us <= now_us,
+        or_(table.c.lease_expire_time_us.is_(None), table.c.lease_expire_time_us <= now_us),
+    ).order_by(table.c.next_attempt_time_us, table.c.id).limit(bindparam("batch_size", type_=Integer))
+    if skip_locked:  # rows another replica is claiming right now are skipped, not waited for (PostgreSQL)
+        candidates = candidates.with_for_update(skip_locked=True)
+    return table.update().where(table.c.id.in_(candidates)).values(
+        lease_owner=bindparam("owner"), lease_expire_time_us=bindparam("until_us")
+    ).returning(table.c.id, table.c.attempt_count, table.c.first_attempt_time_us)
+
+
+# Built once, with every value a parameter, and run on the session's connection: building and caching such a
+# statement per claim, and the ORM's handling of its rows, cost the writer about as much as SQLite took to run it.
+_LEASE_ON_SQLITE = _lease_statement(skip_locked=False)
+_LEASE_SKIPPING_LOCKED = _lease_statement(skip_locked=True)
 
 
 def _target(ctx: ServiceContext, config: PostbackConfig, leased: int) -> Target | None:
@@ -464,42 +481,27 @@ async def _record_alike(ctx: ServiceContext, owner_id: str, target: Target, atte
     state, last_error = ((DeliveryState.SUCCEEDED, None) if status is AttemptStatus.SUCCESS
                          else (DeliveryState.FAILED, describe(c)))
     ids = [a.delivery.delivery_id for a in attempts]
-    deliveries, conversions = Delivery.__table__.c, Event.__table__.c
-    log_values = {
-        "game_id": literal(target.game_id, String), "config_row_id": literal(target.row_id, BigInteger),
-        "config_id": literal(target.config_id, String), "config_display_name": literal(target.display_name, String),
-        "network": literal(target.network.value, String), "attempt_time_us": literal(attempt_time_us, BigInteger),
-        # A conversion's kind is spelled as its event type.
-        "event_type": conversions.kind, "status": literal(status.value, String),
-        "http_status": literal(c.http_status or 0, Integer), "latency_ms": literal(first.latency_ms, Integer),
-        "attempt_number": bindparam("attempt_number", type_=Integer), "network_code": literal(c.network_code, String),
-        "network_message": literal(c.message, String), "network_request_id": literal(c.request_id, String),
-        "conversion_event_id": conversions.event_id, "next_attempt_time_us": literal(None, BigInteger),
-    }
+    logged_values = {f"log_{name}": value for name, value in (
+        ("game_id", target.game_id), ("config_row_id", target.row_id), ("config_id", target.config_id),
+        ("config_display_name", target.display_name), ("network", target.network.value),
+        ("attempt_time_us", attempt_time_us), ("status", status.value), ("http_status", c.http_status or 0),
+        ("latency_ms", first.latency_ms), ("network_code", c.network_code), ("network_message", c.message),
+        ("network_request_id", c.request_id))}
     # Each attempt carries the number it was claimed with: one whose lease was lost may find the row's count moved
     # on by the dispatcher that took over.
     ids_by_number: dict[int, list[int]] = {}
     for attempt in attempts:
         ids_by_number.setdefault(attempt.delivery.attempt_number, []).append(attempt.delivery.delivery_id)
-    log_insert = DeliveryLog.__table__.insert().from_select(
-        list(log_values),
-        select(*log_values.values())
-        .select_from(Delivery.__table__.join(Event.__table__, conversions.id == deliveries.event_row_id))
-        .where(in_parameter(deliveries.id, "delivery_ids")).order_by(deliveries.id))
 
     def settle(session: Session) -> tuple[int, int]:
+        connection = session.connection()
         # A delivery erased while in flight has no row left to join, so its attempt is not logged.
-        logged = sum(session.execute(log_insert, {"attempt_number": number, "delivery_ids": numbered}).rowcount
+        logged = sum(connection.execute(_LOG_ALIKE, {**logged_values, "log_attempt_number": number,
+                                                     "delivery_ids": numbered}).rowcount
                      for number, numbered in sorted(ids_by_number.items()))
-        settled = session.execute(
-            # Holding the lease means pending (every other state clears it); a state condition here would also
-            # tempt SQLite to walk the state index instead of looking the ids up.
-            update(Delivery).where(in_values(Delivery.id, ids), Delivery.lease_owner == owner_id)
-            .values(state=state.value, last_error=last_error, attempt_count=Delivery.attempt_count + 1,
-                    first_attempt_time_us=func.coalesce(Delivery.first_attempt_time_us, attempt_time_us),
-                    last_attempt_time_us=attempt_time_us, next_attempt_time_us=attempt_time_us, **_clear_lease())
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        settled = connection.execute(_SETTLE_ALIKE, {
+            "delivery_ids": ids, "owner": owner_id, "new_state": state.value, "error": last_error,
+            "attempt_time_us": attempt_time_us}).rowcount
         # Settled, or (lease lost) rendered again by the dispatcher that holds it.
         forget_rendered(session, ids)
         _update_health(session, target.row_id, attempts[:1])
@@ -513,6 +515,36 @@ async def _record_alike(ctx: ServiceContext, owner_id: str, target: Target, atte
     if logged:
         ctx.delivery_logs_written()
         ctx.metrics.count_attempts(target.network.value, status.value, logged)
+
+
+def _alike_statements():  # type: ignore[no-untyped-def]
+    """The log insert and the state update of _record_alike, with every value a parameter (see _LEASE_ON_SQLITE)."""
+    deliveries, conversions = Delivery.__table__.c, Event.__table__.c
+    typed = {"config_row_id": BigInteger, "attempt_time_us": BigInteger, "http_status": Integer,
+             "latency_ms": Integer, "attempt_number": Integer}
+    # Parameters are named apart from the columns: an insert reserves its columns' names for its own.
+    values: dict[str, Any] = {name: bindparam(f"log_{name}", type_=typed.get(name, String)) for name in (
+        "game_id", "config_row_id", "config_id", "config_display_name", "network", "attempt_time_us", "status",
+        "http_status", "latency_ms", "attempt_number", "network_code", "network_message", "network_request_id")}
+    # A conversion's kind is spelled as its event type.
+    values |= {"event_type": conversions.kind, "conversion_event_id": conversions.event_id,
+               "next_attempt_time_us": literal(None, BigInteger)}
+    log = DeliveryLog.__table__.insert().from_select(list(values), select(*values.values()).select_from(
+        Delivery.__table__.join(Event.__table__, conversions.id == deliveries.event_row_id)
+    ).where(in_parameter(deliveries.id, "delivery_ids")).order_by(deliveries.id))
+    attempt_time_us = bindparam("attempt_time_us", type_=BigInteger)
+    # Holding the lease means pending (every other state clears it); a state condition here would also tempt SQLite
+    # to walk the state index instead of looking the ids up.
+    settle = Delivery.__table__.update().where(
+        in_parameter(deliveries.id, "delivery_ids"), deliveries.lease_owner == bindparam("owner")
+    ).values(state=bindparam("new_state"), last_error=bindparam("error", type_=Text),
+             attempt_count=deliveries.attempt_count + 1,
+             first_attempt_time_us=func.coalesce(deliveries.first_attempt_time_us, attempt_time_us),
+             last_attempt_time_us=attempt_time_us, next_attempt_time_us=attempt_time_us, **_clear_lease())
+    return log, settle
+
+
+_LOG_ALIKE, _SETTLE_ALIKE = _alike_statements()
 
 
 def _lockable_rows(ctx: ServiceContext, query):  # type: ignore[no-untyped-def]
