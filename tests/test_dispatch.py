@@ -3,6 +3,7 @@
 import contextlib
 import time
 
+import pytest
 from sqlalchemy import delete, update
 
 from postbacks.v1 import network_pb2, postback_config_pb2, postback_config_service_pb2
@@ -14,6 +15,7 @@ from server.services.deliveries import (
     CONFIG_DISABLED,
     Attempt,
     Batch,
+    _share,
     lease_due,
     load_leased,
     record_attempts,
@@ -374,6 +376,31 @@ async def test_a_backlog_of_one_config_goes_out_as_several_requests_at_once(
         # The network holds every request; the dispatcher still has three of this config's batches out at once.
         await wait_until(lambda: len(postback_requests(fake_network)) == 3)
         assert sorted(sent_dedup_ids(fake_network)) == [f"p{i}" for i in range(6)]
+
+
+@pytest.mark.parametrize(("max_batches", "allowed", "shares"), [
+    (4, {1: 3, 2: 1}, {1: 3, 2: 1}),
+    (3, {1: 3, 2: 1}, {1: 2, 2: 1}),  # every config with due work gets one before any gets more
+    (1, {1: 3, 2: 1}, {1: 1}),  # the oldest due first
+    (4, {1: 0, 2: 2}, {2: 2}),  # no slot free or no request to spend
+    (4, {1: 1, 2: 1}, {1: 1, 2: 1}),
+])
+def test_a_claim_shares_its_batches_among_the_configs_with_due_work(max_batches, allowed, shares) -> None:
+    assert _share([1, 2], max_batches, allowed.__getitem__) == shares
+
+
+async def test_a_claim_takes_a_backlog_several_batches_at_a_time_as_far_as_allowed(
+        tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+    async with serving(settings_for(tmp_path, database_url, fake_network, role="api")) as (app, channel):
+        await h.create_config(channel, "g1", network=TIKTOK)
+        await batch_ingest(channel, "g1", [h.click("c1", user_id="u1", landing_url="https://game.example/?ttclid=TT-12")]
+                           + [h.purchase(f"p{i}", user_id="u1") for i in range(7)])
+
+        claim = await lease_due(app.ctx, "owner", max_batches=4, batch_size=2, batches_allowed=lambda _: 3)
+        assert [len(lease.rows) for lease in claim.leases] == [2, 2, 2]
+        assert len({i for lease in claim.leases for i in lease.delivery_ids}) == 6
+        assert [len(lease.rows) for lease in (await lease_due(app.ctx, "owner", max_batches=4, batch_size=2)).leases] \
+            == [1]  # one batch per config unless allowed more; here the last one due
 
 
 async def test_postbacks_that_come_due_while_the_rate_limit_is_spent_go_out_together_when_it_allows(

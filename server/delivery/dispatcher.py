@@ -43,6 +43,13 @@ class TokenBucket:
         self._refill()
         return max(0.0, (1 - self._tokens) / self._rate)
 
+    def requests_now(self, at_most: int) -> int:
+        """How many requests may go now, up to at_most."""
+        if self._rate <= 0:
+            return at_most
+        self._refill()
+        return max(0, min(at_most, int(self._tokens)))
+
     def reserve(self) -> None:
         """Spends a request now, for a batch claimed when wait_s() said one may go."""
         if self._rate > 0:
@@ -136,7 +143,8 @@ class Dispatcher:
                 try:
                     claim = await deliveries.lease_due(self._ctx, self.owner_id, max_batches=free,
                                                        batch_size=settings.dispatch_batch_size,
-                                                       skip_config_row_ids=[*self._full_configs(), *rate_limited])
+                                                       skip_config_row_ids=[*self._full_configs(), *rate_limited],
+                                                       batches_allowed=self._batches_allowed)
                 except Exception:
                     log.exception("claiming due postbacks failed; trying again in %.1fs", timeout_s)
                 else:
@@ -201,6 +209,13 @@ class Dispatcher:
         except Exception:
             log.exception("looking for due postbacks failed")
             return False
+
+    def _batches_allowed(self, config_row_id: int) -> int:
+        """How many batches of this config one claim may take: its free slots here, as far as its rate limit has
+        requests to spend now (each batch spends one when claimed)."""
+        slots = self._ctx.settings.dispatch_batches_per_config - sum(
+            1 for lease in self._in_flight.values() if lease.config_row_id == config_row_id)
+        return self._bucket(config_row_id).requests_now(slots)
 
     def _full_configs(self) -> list[int]:
         """Configs with as many batches in flight here as one config may have."""

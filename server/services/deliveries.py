@@ -3,7 +3,7 @@
 import logging
 import random
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,11 +135,13 @@ def _clear_lease() -> dict[str, None]:
 
 
 async def lease_due(ctx: ServiceContext, owner_id: str, *, max_batches: int, batch_size: int,
-                    skip_config_row_ids: Collection[int] = ()) -> Leases:
-    """Leases up to max_batches batches (one per config, oldest due first) of up to batch_size deliveries each:
-    what is due is read from a snapshot, and the leases are taken in a short write transaction. Their
-    conversions are read separately (load_leased), so a dispatcher can lease its next batch while it reads
-    this one's.
+                    skip_config_row_ids: Collection[int] = (),
+                    batches_allowed: Callable[[int], int] = lambda config_row_id: 1) -> Leases:
+    """Leases up to max_batches batches of up to batch_size deliveries each, oldest due first: one batch for each
+    config with due work, then more for those with more due that batches_allowed(config row id) allows (a backlog
+    is claimed several batches at a time, not one claim per batch). What is due is read from a snapshot, and the
+    leases are taken in a short write transaction. Their conversions are read separately (load_leased), so a
+    dispatcher can lease its next batch while it reads this one's.
 
     On PostgreSQL the rows are picked with FOR UPDATE SKIP LOCKED, so replicas claiming at once take disjoint
     rows; on SQLite the writers take turns and BEGIN IMMEDIATE serialises claims. Deliveries of configs disabled
@@ -153,11 +155,28 @@ async def lease_due(ctx: ServiceContext, owner_id: str, *, max_batches: int, bat
     # and held for the leases alone.
     config_row_ids, cancel, next_due_us = await ctx.db.read(lambda session: _find_due(session, now_us, busy,
                                                                                       max_batches))
-    leased: dict[int, list[Row[Any]]] = {}
-    if config_row_ids or cancel:
+    shares = _share(config_row_ids, max_batches, batches_allowed)
+    leased: list[Lease] = []
+    if shares or cancel:
         leased = await ctx.db.write(lambda session: _take_leases(
-            ctx, session, owner_id, cancel, config_row_ids, now_us, lease_until_us, batch_size))
-    return Leases([Lease(config_row_id, tuple(rows)) for config_row_id, rows in leased.items()], next_due_us)
+            ctx, session, owner_id, cancel, shares, now_us, lease_until_us, batch_size))
+    return Leases(leased, next_due_us)
+
+
+def _share(config_row_ids: list[int], max_batches: int, batches_allowed: Callable[[int], int]) -> dict[int, int]:
+    """How many batches each config gets, in turns, oldest due first, until max_batches or every allowance is
+    used: a config with more due than one batch gets more only where that leaves none of the others out."""
+    allowed = {config_row_id: batches_allowed(config_row_id) for config_row_id in config_row_ids}
+    shares: dict[int, int] = {}
+    remaining = max_batches
+    while remaining > 0:
+        takers = [c for c in config_row_ids if shares.get(c, 0) < allowed[c]][:remaining]
+        if not takers:
+            break
+        for config_row_id in takers:
+            shares[config_row_id] = shares.get(config_row_id, 0) + 1
+        remaining -= len(takers)
+    return shares
 
 
 async def load_leased(ctx: ServiceContext, owner_id: str, lease: Lease) -> Batch | None:
@@ -217,8 +236,7 @@ def _load_batch_of(ctx: ServiceContext, session: Session, lease: Lease, now_us: 
 
 
 def _take_leases(ctx: ServiceContext, session: Session, owner_id: str, cancel: dict[str, list[int]],
-                 config_row_ids: list[int], now_us: int, lease_until_us: int,
-                 batch_size: int) -> dict[int, list[Row[Any]]]:
+                 shares: dict[int, int], now_us: int, lease_until_us: int, batch_size: int) -> list[Lease]:
     for reason, inactive_ids in cancel.items():
         # Re-checked under the lock: a config enabled again since the snapshot keeps its postbacks.
         still_inactive = select(PostbackConfig.id).where(PostbackConfig.id.in_(inactive_ids),
@@ -229,10 +247,11 @@ def _take_leases(ctx: ServiceContext, session: Session, owner_id: str, cancel: d
             .values(state=DeliveryState.CANCELLED.value, last_error=reason, **_clear_lease())
             .returning(Delivery.id).execution_options(synchronize_session=False)
         ).scalars().all())
-    leased: dict[int, list[Row[Any]]] = {}
-    for config_row_id in config_row_ids:
-        if rows := _lease(ctx, session, owner_id, config_row_id, now_us, lease_until_us, batch_size):
-            leased[config_row_id] = rows
+    leased: list[Lease] = []
+    for config_row_id, batches in shares.items():
+        rows = _lease(ctx, session, owner_id, config_row_id, now_us, lease_until_us, batch_size * batches)
+        leased += [Lease(config_row_id, tuple(rows[start:start + batch_size]))
+                   for start in range(0, len(rows), batch_size)]
     return leased
 
 
