@@ -121,7 +121,7 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
-def _due(now_us: int) -> ColumnElement[bool]:
+def _due(now_us: int | ColumnElement[int]) -> ColumnElement[bool]:
     """Pending, due, and not leased (or leased by a dispatcher that has not come back in time)."""
     return and_(
         Delivery.state == PENDING,
@@ -270,14 +270,12 @@ def _lease(ctx: ServiceContext, session: Session, owner_id: str, config_row_id: 
 
 def _lease_statement(*, skip_locked: bool):  # type: ignore[no-untyped-def]
     table = Delivery.__table__
-    now_us = bindparam("now_us", type_=BigInteger)
     candidates = select(table.c.id).where(
-        table.c.config_row_id == bindparam("config"), table.c.state == PENDING,
-        table.c.next_attempt_time_us <= now_us,
-        or_(table.c.lease_expire_time_us.is_(None), table.c.lease_expire_time_us <= now_us),
+        table.c.config_row_id == bindparam("config"), _due(bindparam("now_us", type_=BigInteger))
     ).order_by(table.c.next_attempt_time_us, table.c.id).limit(bindparam("batch_size", type_=Integer))
-    if skip_locked:  # rows another replica is claiming right now are skipped, not waited for (PostgreSQL)
+    if skip_locked:  # as _lockable does
         candidates = candidates.with_for_update(skip_locked=True)
+    # The rows come back in no particular order: a claim's batches are all due now.
     return table.update().where(table.c.id.in_(candidates)).values(
         lease_owner=bindparam("owner"), lease_expire_time_us=bindparam("until_us")
     ).returning(table.c.id, table.c.attempt_count, table.c.first_attempt_time_us)
