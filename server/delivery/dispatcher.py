@@ -8,7 +8,6 @@ import os
 import secrets
 import socket
 import time
-from collections import Counter
 
 from server.core.postback import Outcome
 from server.core.types import Network
@@ -213,15 +212,17 @@ class Dispatcher:
     def _batches_allowed(self, config_row_id: int) -> int:
         """How many batches of this config one claim may take: its free slots here, as far as its rate limit has
         requests to spend now (each batch spends one when claimed)."""
-        slots = self._ctx.settings.dispatch_batches_per_config - sum(
-            1 for lease in self._in_flight.values() if lease.config_row_id == config_row_id)
-        return self._bucket(config_row_id).requests_now(slots)
+        return self._bucket(config_row_id).requests_now(self._free_slots(config_row_id))
 
     def _full_configs(self) -> list[int]:
         """Configs with as many batches in flight here as one config may have."""
-        limit = self._ctx.settings.dispatch_batches_per_config
-        in_flight = Counter(lease.config_row_id for lease in self._in_flight.values())
-        return [row_id for row_id, count in in_flight.items() if count >= limit]
+        return [row_id for row_id in {lease.config_row_id for lease in self._in_flight.values()}
+                if self._free_slots(row_id) <= 0]
+
+    def _free_slots(self, config_row_id: int) -> int:
+        """How many more batches of this config may be in flight here."""
+        return self._ctx.settings.dispatch_batches_per_config - sum(
+            1 for lease in self._in_flight.values() if lease.config_row_id == config_row_id)
 
     async def _deliver(self, lease: Lease) -> None:
         batch: Batch | None = None
