@@ -133,6 +133,33 @@ async def test_late_click_and_late_identity_attribute_a_recent_conversion(channe
     assert [p.postback_config for p in conversion.postbacks] == [config.name]
 
 
+@pytest.mark.parametrize("late_click", [
+    {"user_id": "p"},  # on the user the device is linked to
+    {"anonymous_id": "tablet"},  # on another device of that user
+], ids=["click-of-the-user", "click-of-another-device"])
+@pytest.mark.parametrize("one_call", [False, True], ids=["later-call", "same-call"])
+async def test_late_click_reaches_a_conversion_known_only_by_a_linked_device(channel, late_click, one_call) -> None:  # type: ignore[no-untyped-def]
+    # The conversion carries only its device's anonymous id; the click names the user, or another device of the
+    # user, and arrives after it (in a later call, or later in the same batch): the re-decision must still find the
+    # conversion through the links.
+    config = await create_config(channel, "g")
+    await ingest(channel, "g", identify("i1", user_id="p", anonymous_id="laptop", seconds_ago=900))
+    await ingest(channel, "g", identify("i2", user_id="p", anonymous_id="tablet", seconds_ago=900))
+    conversion = purchase("buy", anonymous_id="laptop", seconds_ago=60)
+    late = click("c", landing_url="https://g.example/?ttclid=LATE", seconds_ago=600, **late_click)
+    if one_call:
+        await event_service_pb2_grpc.EventServiceStub(channel).BatchIngestEvents(
+            event_service_pb2.BatchIngestEventsRequest(parent="games/g", events=[conversion, late]))
+    else:
+        early = await ingest(channel, "g", conversion)
+        assert early.conversion.no_postback_reason == R.NO_POSTBACK_REASON_ORGANIC
+        await ingest(channel, "g", late)
+    conversion = (await event_service_pb2_grpc.EventServiceStub(channel).GetConversion(
+        event_service_pb2.GetConversionRequest(name="games/g/conversions/buy"))).conversion
+    assert conversion.attributed_click.click_id == "LATE"
+    assert [p.postback_config for p in conversion.postbacks] == [config.name]
+
+
 async def test_identity_chain_across_devices(channel) -> None:  # type: ignore[no-untyped-def]
     await create_config(channel, "g")
     await ingest(channel, "g", click("c", anonymous_id="phone", landing_url="https://g.example/?ttclid=PHONE"))

@@ -479,13 +479,12 @@ def _reevaluate_recent(session: Session, game_id: str, events: list[NewEvent], b
                        has_erasures: bool) -> list[tuple[_Awaiting, Decision, str | None, str | None]]:
     """Re-decides the recent conversions still awaiting late data, for the players a new click or identity touches.
     Returns those whose decision changed, with the new decision and the (TikTok, Reddit) email hashes it used."""
-    users = set(batch_history.anonymous_of_user) | {e.user_id for e in events if e.user_id}
-    anons = set(batch_history.users_of_anonymous) | {e.anonymous_id for e in events if e.anonymous_id}
-    emails = {e.email_sha256 for e in events if e.email_sha256}
+    users, anons, emails = _reach_of_late_data(events, batch_history)
     # The stored ones first, in row order, then this batch's in the order they were stored: the order a read after
-    # the insert would give.
+    # the insert would give. One the batch's history does not cover is re-decided whatever its identities.
     candidates = [c for c in (*sorted(batch_history.awaiting, key=lambda c: c.row_id), *batch_awaiting)
-                  if c.user_id in users or c.anonymous_id in anons or c.email_sha256 in emails]
+                  if c.user_id in users or c.anonymous_id in anons or c.email_sha256 in emails
+                  or not batch_history.covers(c.user_id, c.anonymous_id, c.email_sha256)]
     if not candidates:
         return []
     # The batch's history, grown by the batch's own clicks and links, is what a fresh read would find for players
@@ -514,6 +513,31 @@ def _reevaluate_recent(session: Session, game_id: str, events: list[NewEvent], b
             continue
         changes.append((conversion, decision, tiktok_email, reddit_email))
     return changes
+
+
+def _reach_of_late_data(events: list[NewEvent], history: _History) -> tuple[set[str], set[str], set[str]]:
+    """The users, anonymous ids and emails of the conversions whose players the batch's late data (paid clicks,
+    identity links) can change; a conversion with none of them keeps its decision, so it is not re-decided (in a
+    batch of many players' events, most of those awaiting late data got none). A player reaches one user hop from
+    its own identities (resolve_player): the clicks and links of user U concern conversions of U and of U's
+    anonymous ids; those of anonymous id A concern conversions of A, of A's users and of their other devices; those
+    of email E concern conversions with E and of the users E identifies."""
+    users: set[str] = set()
+    anons: set[str] = set()
+    emails: set[str] = set()
+    for event in events:
+        if (event.kind == EventKind.AD_CLICK and event.network) or event.kind == EventKind.IDENTIFY:
+            if event.user_id:
+                users.add(event.user_id)
+            if event.anonymous_id:
+                anons.add(event.anonymous_id)
+            if event.email_sha256:
+                emails.add(event.email_sha256)
+    users |= {user for anon in anons for user in history.users_of_anonymous.get(anon, ())}
+    if emails:
+        users |= {user for user, pairs in history.emails_of_user.items() if any(e in emails for e, _ in pairs)}
+    anons |= {anon for user in users for anon in history.anonymous_of_user.get(user, ())}
+    return users, anons, emails
 
 
 # Statements are built once: building a select costs more Python than running it through SQLAlchemy's cache. Lists of
