@@ -160,6 +160,15 @@ async def ingest_unary(opts: Options) -> Result:
         ceiling, client_command = await c_load.run(binary, noop.port, UNARY_METHOD, bodies, workload.PLACEHOLDER,
                                                    headers=[f"authorization: Bearer {dummy_key}"], **load)
 
+    # The real server with storage cut out: how much of the gap to the ceiling is the service's own request
+    # handling (interceptors, authorization, validation, the answer) rather than the transaction.
+    async with _fake() as fake, fresh_database(opts.database_url, opts.work_dir / "unary-shell-db") as url:
+        shell = ServerProcess.postbacks(opts.work_dir / "unary-shell", url, role=opts.ingest_role,
+                                        tiktok_base_url=fake.tiktok_base_url, module="bench.shell_server")
+        async with shell:
+            shell_report, _ = await c_load.run(binary, shell.port, UNARY_METHOD, bodies, workload.PLACEHOLDER,
+                                               headers=[f"authorization: Bearer {shell.key}"], **load)
+
     profiler = opts.profiler("ingest-unary")
     async with _fake() as fake, fresh_database(opts.database_url, opts.work_dir / "unary-db") as url:
         server = ServerProcess.postbacks(opts.work_dir / "unary-server", url, role=opts.ingest_role,
@@ -187,6 +196,9 @@ async def ingest_unary(opts: Options) -> Result:
             "server_cpu_per_event_us": round(1e6 * server_cpu / max(1, real["ok_total"]), 1),
             "request_p50_ms": real["p50_ms"], "request_p99_ms": real["p99_ms"],
             "ceiling_request_p50_ms": ceiling["p50_ms"],
+            "without_storage_server": opts.shown(shell.command, shell.key),
+            "without_storage_per_second": shell_report["per_second"],
+            "without_storage_ratio": round(shell_report["per_second"] / ceiling_rate, 3),
         })
 
 
