@@ -14,7 +14,7 @@ import time
 import traceback
 
 from bench import machine
-from bench.benchmarks import BENCH_DIR, BENCHMARKS, Options, Result
+from bench.benchmarks import BENCH_DIR, BENCHMARKS, ROUNDS_OF, Options, Result, median_of_rounds
 
 RESULTS = BENCH_DIR / "results.json"
 # A smoke run must never overwrite the real figures.
@@ -55,7 +55,7 @@ def render_table(results: list[Result], info: dict[str, object], quick: bool) ->
         lines.append(f"  command:  {r.command}")
         lines.append(f"  ceiling:  {r.ceiling_label}")
         for key, value in r.details.items():
-            if isinstance(value, dict):
+            if isinstance(value, dict | list):
                 value = json.dumps(value)
             lines.append(f"  {key}: {value}")
         if r.profile:
@@ -94,17 +94,26 @@ def _print_server_errors(work_dir: pathlib.Path) -> None:
             print(f"bench: first error in {log.relative_to(work_dir)}:\n{shown}", file=sys.stderr, flush=True)
 
 
-async def run(names: list[str], opts: Options) -> list[Result]:
+async def run(names: list[str], opts: Options, rounds: int) -> list[Result]:
     results = []
     for name in names:
         print(f"bench: running {name}{' (quick)' if opts.quick else ''} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
+        its_rounds: list[Result] = []
         try:
-            result = await BENCHMARKS[name](opts)
+            for number in range(1, (rounds if name in ROUNDS_OF else 1) + 1):
+                # Each round on fresh databases and server directories of its own.
+                round_dir = opts.work_dir / f"round-{number}" if number > 1 else opts.work_dir
+                round_dir.mkdir(exist_ok=True)
+                its_rounds.append(await BENCHMARKS[name](dataclasses.replace(opts, work_dir=round_dir)))
+                if name in ROUNDS_OF:
+                    print(f"bench: {name} round {number}: {_figure(its_rounds[-1])} (ceiling "
+                          f"{_ceiling(its_rounds[-1])}, ratio {_ratio(its_rounds[-1])})", file=sys.stderr, flush=True)
         except Exception:
             print(f"bench: {name} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
             _print_server_errors(opts.work_dir)
             continue
+        result = median_of_rounds(its_rounds)
         result.details["bench_seconds"] = round(time.monotonic() - started, 1)
         print(f"bench: {name}: {_figure(result)} (ceiling {_ceiling(result)}, ratio {_ratio(result)}) "
               f"in {result.details['bench_seconds']}s", file=sys.stderr, flush=True)
@@ -136,6 +145,9 @@ def main() -> None:
                         help="latency: an API process beside a dispatcher process on the same database (split, "
                              "the default: the deployment the README gives for sustained load) or one server "
                              "process (all, the embedded default)")
+    parser.add_argument("--rounds", type=int,
+                        help=f"rounds of {', '.join(ROUNDS_OF)}, each with its own ceiling, reported as the median "
+                             "figure over the median ceiling (default 3; 1 with --quick or an instrument)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (server logs, databases) and print where it is")
     parser.add_argument("--results", type=pathlib.Path,
@@ -158,7 +170,14 @@ def main() -> None:
             argv += ["--ingest-role", args.ingest_role]
         if args.latency_roles != "split" and name == "latency":
             argv += ["--latency-roles", args.latency_roles]
+        if args.rounds is not None and name in ROUNDS_OF:
+            argv += ["--rounds", str(args.rounds)]
         return shlex.join(argv)
+
+    instrumented = args.profile or args.sql_profile or args.trace_memory
+    rounds = args.rounds if args.rounds is not None else 1 if args.quick or instrumented else 3
+    if rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     with contextlib.ExitStack() as stack:
         if args.keep:
@@ -172,9 +191,9 @@ def main() -> None:
         try:
             import uvloop
 
-            results = uvloop.run(run(names, opts))
+            results = uvloop.run(run(names, opts, rounds))
         except ImportError:
-            results = asyncio.run(run(names, opts))
+            results = asyncio.run(run(names, opts, rounds))
     print(render_table(results, info, args.quick), flush=True)
     if results and (args.profile or args.sql_profile or args.trace_memory) and not args.results:
         print("bench: instrumented run: figures not saved (instruments slow the servers); reports are in "
