@@ -398,7 +398,8 @@ async def test_a_claim_takes_a_backlog_several_batches_at_a_time_as_far_as_allow
 
         claim = await lease_due(app.ctx, "owner", max_batches=4, batch_size=2, batches_allowed=lambda _: 3)
         assert [len(lease.rows) for lease in claim.leases] == [2, 2, 2]
-        assert len({i for lease in claim.leases for i in lease.delivery_ids}) == 6
+        leased = [i for lease in claim.leases for i in lease.delivery_ids]
+        assert len(set(leased)) == 6 and leased == sorted(leased)  # the oldest in the first batch
         assert [len(lease.rows) for lease in (await lease_due(app.ctx, "owner", max_batches=4, batch_size=2)).leases] \
             == [1]  # one batch per config unless allowed more; here the last one due
 

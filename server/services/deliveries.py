@@ -249,7 +249,9 @@ def _take_leases(ctx: ServiceContext, session: Session, owner_id: str, cancel: d
         ).scalars().all())
     leased: list[Lease] = []
     for config_row_id, batches in shares.items():
-        rows = _lease(ctx, session, owner_id, config_row_id, now_us, lease_until_us, batch_size * batches)
+        # Oldest first (ids follow creation): the rows come back from UPDATE ... RETURNING in no set order.
+        rows = sorted(_lease(ctx, session, owner_id, config_row_id, now_us, lease_until_us, batch_size * batches),
+                      key=lambda row: row.id)
         leased += [Lease(config_row_id, tuple(rows[start:start + batch_size]))
                    for start in range(0, len(rows), batch_size)]
     return leased
@@ -275,7 +277,6 @@ def _lease_statement(*, skip_locked: bool):  # type: ignore[no-untyped-def]
     ).order_by(table.c.next_attempt_time_us, table.c.id).limit(bindparam("batch_size", type_=Integer))
     if skip_locked:  # as _lockable does
         candidates = candidates.with_for_update(skip_locked=True)
-    # The rows come back in no particular order: a claim's batches are all due now.
     return table.update().where(table.c.id.in_(candidates)).values(
         lease_owner=bindparam("owner"), lease_expire_time_us=bindparam("until_us")
     ).returning(table.c.id, table.c.attempt_count, table.c.first_attempt_time_us)
