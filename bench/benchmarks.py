@@ -86,9 +86,13 @@ class Result:
     details: dict[str, Any] = field(default_factory=dict)
     profile: str | None = None
     errors: int = 0  # calls the server failed (a batch sender retries them): a failure whatever the figure
-    # A ratio benchmark's target, so that rounds can be judged together (median_of_rounds).
+    # A ratio benchmark's target: `met` is derived from it, for one round and for rounds together.
     min_ratio: float | None = None
     min_figure: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.min_ratio is not None:
+            self.met = self.meets_ratio_target()
 
     @property
     def ratio(self) -> float | None:
@@ -111,15 +115,13 @@ def median_of_rounds(rounds: list[Result]) -> Result:
     if len(rounds) == 1:
         return rounds[0]
     first = rounds[0]
-    merged = dataclasses.replace(
+    return dataclasses.replace(
         first, figure=round(statistics.median(r.figure for r in rounds), 1),
         ceiling=round(statistics.median(r.ceiling or 0.0 for r in rounds), 1), errors=sum(r.errors for r in rounds),
         profile=None,
         details={"rounds": [{"figure": r.figure, "ceiling": r.ceiling, "ratio": round(r.ratio or 0.0, 3),
                              **{k: v for k, v in r.details.items() if k in _ROUND_DETAILS}} for r in rounds],
                  "first_round": first.details})
-    merged.met = merged.meets_ratio_target()
-    return merged
 
 
 _ROUND_DETAILS = ("without_storage_per_second", "without_storage_ratio", "server_cpu_per_event_us",
@@ -221,7 +223,7 @@ async def ingest_unary(opts: Options) -> Result:
     return Result(
         name="ingest-unary", title="unary IngestEvent acknowledged events/s, 256 in flight (C client)",
         figure=figure, unit="events/s", ceiling=ceiling_rate, ceiling_label="no-op grpc.aio server, same client",
-        target="≥ 0.8 of ceiling", met=figure >= 0.8 * ceiling_rate and not real["errors_total"], min_ratio=0.8,
+        target="≥ 0.8 of ceiling", met=None, min_ratio=0.8,
         command=opts.command("ingest-unary"), quick=opts.quick, database=opts.database_kind, profile=profile,
         errors=real["errors_total"],
         details={
@@ -270,7 +272,7 @@ async def ingest_batch(opts: Options) -> Result:
         figure=figure, unit="events/s", ceiling=ceiling_rate,
         ceiling_label="SQLAlchemy Core insert of the same rows, 1000 a transaction",
         target="≥ 0.5 of ceiling" + (" and ≥ 20,000/s" if floor else ""),
-        met=figure >= 0.5 * ceiling_rate and figure >= floor and not real["errors"], min_ratio=0.5, min_figure=floor,
+        met=None, min_ratio=0.5, min_figure=floor,
         command=opts.command("ingest-batch"), quick=opts.quick, database=opts.database_kind, profile=profile,
         errors=real["errors"],
         details={
@@ -331,7 +333,7 @@ async def deliver(opts: Options) -> Result:
         name="deliver", title=f"postbacks delivered/s from a backlog of {postbacks:,}",
         figure=round(figure, 1), unit="postbacks/s", ceiling=round(ceiling_rate, 1),
         ceiling_label="bare aiohttp client, same bodies and batch size, 1 in flight",
-        target="≥ 0.5 of ceiling", met=figure >= 0.5 * ceiling_rate and not ingested["errors"], min_ratio=0.5,
+        target="≥ 0.5 of ceiling", met=None, min_ratio=0.5,
         command=opts.command("deliver"), quick=opts.quick, database=opts.database_kind, profile=profile,
         errors=ingested["errors"],
         details={
