@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import secrets
@@ -262,7 +261,7 @@ class Dispatcher:
         await deliveries.extend_leases(self._ctx, self.owner_id, [d.delivery_id for d in batch.deliveries],
                                        expected_s + settings.dispatch_lease_s)
         singles = await asyncio.gather(*(self._request(target, bucket, (d,)) for d in batch.deliveries))
-        return [dataclasses.replace(a, resent_singly=True) for a in attempts] + [
+        return [a._replace(resent_singly=True) for a in attempts] + [
             Attempt(d, time_us, single.classification, single.latency_ms)
             for d, (time_us, single) in zip(batch.deliveries, singles, strict=True)
         ]

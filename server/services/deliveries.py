@@ -5,7 +5,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from sqlalchemy import (
@@ -62,8 +62,10 @@ class Target:
         return f"games/{self.game_id}/postbackConfigs/{self.config_id}"
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedDelivery:
+class ClaimedDelivery(NamedTuple):
+    """A leased postback as the dispatcher sends it. This and Attempt are named tuples: built for each postback of
+    each batch, and several times cheaper to build than frozen dataclasses."""
+
     delivery_id: int
     dedup_id: str
     event_type: EventType
@@ -100,8 +102,7 @@ class Leases:
     next_due_us: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
+class Attempt(NamedTuple):
     """One HTTP request's result for one delivery."""
 
     delivery: ClaimedDelivery
@@ -644,13 +645,20 @@ def _settle(ctx: ServiceContext, policy: RetryPolicy, owner_id: str, target: Tar
 
 def _update_health(session: Session, config_row_id: int, attempts: Sequence[Attempt]) -> None:
     """Health is derived from the newest success and the newest credential failure; only ever moved forward."""
-    for column, outcome in ((PostbackConfig.last_success_time_us, Outcome.SUCCESS),
-                            (PostbackConfig.last_credential_failure_time_us, Outcome.FAILED_CREDENTIALS)):
+    for outcome, statement in _HEALTH_UPDATES:
         times = [a.attempt_time_us for a in attempts if a.classification.outcome is outcome]
         if times:
-            session.execute(
-                update(PostbackConfig)
-                .where(PostbackConfig.id == config_row_id, or_(column.is_(None), column < max(times)))
-                .values({column.key: max(times)})
-                .execution_options(synchronize_session=False)
-            )
+            session.connection().execute(statement, {"config": config_row_id, "time_us": max(times)})
+
+
+def _health_update(column: Any) -> Any:
+    """Moves a config's health time forward, built once (see _LEASE_ON_SQLITE): every batch recorded runs one."""
+    table = PostbackConfig.__table__
+    time_us = bindparam("time_us", type_=BigInteger)
+    return table.update().where(table.c.id == bindparam("config"),
+                                or_(column.is_(None), column < time_us)).values({column.key: time_us})
+
+
+_HEALTH_UPDATES = ((Outcome.SUCCESS, _health_update(PostbackConfig.__table__.c.last_success_time_us)),
+                   (Outcome.FAILED_CREDENTIALS,
+                    _health_update(PostbackConfig.__table__.c.last_credential_failure_time_us)))
