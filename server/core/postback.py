@@ -2,7 +2,7 @@
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
@@ -157,9 +157,12 @@ def json_number(text: str) -> orjson.Fragment:
     return orjson.Fragment(text)
 
 
-def json_fragment(encoded: bytes) -> orjson.Fragment:
-    """JSON encoded earlier (an event rendered once), written into a request as it is."""
-    return orjson.Fragment(encoded)
+def json_object_with_array(head: dict[str, Any], key: str, encoded_items: Sequence[bytes]) -> bytes:
+    """encode_json({**head, key: items}) for items encoded earlier (events rendered once), written in as they are:
+    joined, where wrapping each in an orjson fragment took twice as long for a 1000-event request."""
+    opening = encode_json(head)[:-1]
+    return b"".join((opening, b"," if len(opening) > 1 else b"", encode_json(key), b":[", b",".join(encoded_items),
+                     b"]}"))
 
 
 def encode_json(value: Any) -> bytes:

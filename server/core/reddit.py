@@ -17,8 +17,8 @@ from server.core.postback import (
     decimal_units_text,
     encode_json,
     header_value,
-    json_fragment,
     json_number,
+    json_object_with_array,
     parse_json_object,
     retry_after_seconds,
     short_message,
@@ -76,7 +76,6 @@ def request_of_rendered(
     data: dict[str, Any] = {}
     if test_code is not None:
         data["test_id"] = test_code
-    data["events"] = [json_fragment(entry) for entry in rendered]
     return HttpRequest(
         method="POST",
         url=base_url.rstrip("/") + conversion_path(credentials.pixel_id),
@@ -85,7 +84,7 @@ def request_of_rendered(
             ("Content-Type", "application/json"),
             ("User-Agent", USER_AGENT),
         ),
-        body=encode_json({"data": data}),
+        body=b'{"data":' + json_object_with_array(data, "events", rendered) + b"}",
     )
 
 

@@ -16,8 +16,8 @@ from server.core.postback import (
     decimal_units_text,
     encode_json,
     header_value,
-    json_fragment,
     json_number,
+    json_object_with_array,
     parse_json_object,
     retry_after_seconds,
     short_message,
@@ -66,7 +66,6 @@ def request_of_rendered(
     payload: dict[str, Any] = {"event_source": "web", "event_source_id": credentials.pixel_id.strip()}
     if test_code is not None:
         payload["test_event_code"] = test_code
-    payload["data"] = [json_fragment(entry) for entry in rendered]
     return HttpRequest(
         method="POST",
         url=base_url.rstrip("/") + TRACK_PATH,
@@ -74,7 +73,7 @@ def request_of_rendered(
             ("Access-Token", credentials.access_token.strip()),
             ("Content-Type", "application/json"),
         ),
-        body=encode_json(payload),
+        body=json_object_with_array(payload, "data", rendered),
     )
 
 
