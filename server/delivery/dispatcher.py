@@ -81,6 +81,8 @@ class Dispatcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._in_flight: dict[asyncio.Task[None], Lease] = {}  # a batch being read and sent, by its task
+        # A batch sent and being recorded, by its task: it holds no slot (see _deliver).
+        self._recording: dict[asyncio.Task[None], Lease] = {}
         self._buckets: dict[int, TokenBucket] = {}
         # The database's data_version when the last claim began (SQLite): a change means another process committed.
         self._seen_version: int | None = None
@@ -108,10 +110,11 @@ class Dispatcher:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
-        tasks = list(self._in_flight)
+        leases = {**self._in_flight, **self._recording}
+        tasks = list(leases)
         if tasks and grace_s > 0:
             await asyncio.wait(tasks, timeout=grace_s)
-        abandoned = [self._in_flight[task] for task in tasks if not task.done()]
+        abandoned = [leases[task] for task in tasks if not task.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -128,7 +131,10 @@ class Dispatcher:
         while not self._stopping:
             self._wake.clear()
             timeout_s = settings.dispatch_poll_s
-            free = settings.dispatch_concurrency - len(self._in_flight)
+            # Batches waiting for their records to commit count only when they are many: the database is then
+            # behind, and more claims would only queue on it.
+            free = settings.dispatch_concurrency - len(self._in_flight) - max(
+                0, len(self._recording) - settings.dispatch_concurrency)
             woken_by_watch, self._woken_by_watch = self._woken_by_watch, False
             if free > 0:
                 self._seen_version = self._ctx.db.data_version()
@@ -196,7 +202,7 @@ class Dispatcher:
                 return
             # Without a data_version, batches in flight wake the loop as they finish; looking meanwhile would walk
             # a config's whole leased backlog on the index.
-            if not self._in_flight and loop.time() >= next_probe:
+            if not self._in_flight and not self._recording and loop.time() >= next_probe:
                 next_probe = loop.time() + probe_s
                 if await self._due_work_waits():
                     return
@@ -231,6 +237,11 @@ class Dispatcher:
                 return
             target = batch.target
             attempts = await self._send(batch)
+            # Sent: the slot goes to the config's next batch now, not once this record commits. The record waits
+            # its turn at the database's writer behind others; holding the slot meanwhile kept the network idle
+            # about a third of the time while a backlog was sent (four slots, a cycle of about 70 ms of which the
+            # record took 22).
+            self._release_slot(lease)
             await deliveries.record_attempts(self._ctx, self.owner_id, target, attempts)
             last = attempts[-1].classification
             level = logging.DEBUG if last.outcome is Outcome.SUCCESS else logging.INFO
@@ -240,8 +251,15 @@ class Dispatcher:
             log.exception("sending %d postbacks of %s failed; they are sent again once their lease expires",
                           len(lease.rows), batch.target.name if batch else f"config row {lease.config_row_id}")
 
+    def _release_slot(self, lease: Lease) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._recording[task] = self._in_flight.pop(task, lease)
+        self._wake.set()  # a slot is free, and this config may have more due work
+
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
+        self._recording.pop(task, None)
         self._wake.set()  # a slot is free, and this config may have more due work
 
     def _bucket(self, config_row_id: int) -> TokenBucket:
