@@ -8,7 +8,8 @@ import sys
 
 from sqlalchemy import text
 
-from server.store.db import Database
+from server.store.db import Database, _WriteTurn
+from tests.conftest import wait_until
 
 # Another process's writer holding its turn: it takes the lock, says so, and lets go when told to.
 _HOLDER = """
@@ -65,3 +66,29 @@ async def _holding(lock_path: pathlib.Path) -> asyncio.subprocess.Process:
     assert holder.stdout is not None
     assert (await asyncio.wait_for(holder.stdout.readline(), timeout=30)).strip() == b"held"
     return holder
+
+
+async def test_an_urgent_writer_goes_before_the_others_waiting_and_a_cancelled_one_passes_its_turn_on() -> None:
+    turn = _WriteTurn()
+    order: list[str] = []
+    release_first = asyncio.Event()
+
+    async def write(name: str, *, urgent: bool = False, hold: asyncio.Event | None = None) -> None:
+        async with turn(urgent=urgent):
+            order.append(name)
+            if hold is not None:
+                await hold.wait()
+
+    first = asyncio.create_task(write("first", hold=release_first))
+    await wait_until(lambda: order == ["first"])
+    waiting = []
+    for name, urgent in (("record-1", False), ("record-2", False), ("claim", True), ("cancelled", True)):
+        waiting.append(asyncio.create_task(write(name, urgent=urgent)))
+        await wait_until(lambda: len(turn._others) + len(turn._urgent) == len(waiting))  # in this order
+    cancelled = waiting.pop()
+    cancelled.cancel()
+    release_first.set()
+    await asyncio.gather(first, *waiting)
+    assert order == ["first", "claim", "record-1", "record-2"]
+    async with asyncio.timeout(1):  # the turn is free again
+        await write("later")

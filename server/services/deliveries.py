@@ -160,7 +160,7 @@ async def lease_due(ctx: ServiceContext, owner_id: str, *, max_batches: int, bat
     leased: list[Lease] = []
     if shares or cancel:
         leased = await ctx.db.write(lambda session: _take_leases(
-            ctx, session, owner_id, cancel, shares, now_us, lease_until_us, batch_size))
+            ctx, session, owner_id, cancel, shares, now_us, lease_until_us, batch_size), urgent=True)
     return Leases(leased, next_due_us)
 
 
