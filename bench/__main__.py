@@ -22,7 +22,7 @@ QUICK_RESULTS = BENCH_DIR / "results-quick.json"
 
 
 def _figure(result: Result) -> str:
-    if result.name == "latency":
+    if result.name.startswith("latency"):
         return f"{result.details['p50_ms']:,.1f} / {result.details['p99_ms']:,.1f} ms"
     return f"{result.figure:,.0f} {result.unit}" if result.unit != "MB" else f"{result.figure:+,.1f} MB"
 
@@ -40,6 +40,9 @@ def render_table(results: list[Result], info: dict[str, object], quick: bool) ->
     for r in results:
         rows.append((r.name, _figure(r), _ceiling(r), _ratio(r), r.target,
                      "yes" if r.met else "NO" if r.met is not None else "?", f"{r.errors:,}"))
+        for c in r.comparisons:  # a second reference of the same row, judged too (its target is in the row's)
+            rows.append((f"  vs {c.label}", "", f"{c.figure:,.0f} {r.unit}", f"{r.figure / c.figure:.2f}"
+                         if c.figure else "—", f"≥ {c.min_ratio}" if c.min_ratio is not None else "", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"machine: {machine.one_line(info)}"]
     if quick:
@@ -139,12 +142,6 @@ def main() -> None:
                              "(figures are then only printed, not saved)")
     parser.add_argument("--trace-memory", action="store_true",
                         help="memory: run the server under tracemalloc and write what grew to bench/profiles/")
-    parser.add_argument("--ingest-role", default="api", choices=("api", "all"),
-                        help="server role for the two ingest benchmarks (default api: ingest measured alone)")
-    parser.add_argument("--latency-roles", default="split", choices=("all", "split"),
-                        help="latency: an API process beside a dispatcher process on the same database (split, "
-                             "the default: the deployment the README gives for sustained load) or one server "
-                             "process (all, the embedded default)")
     parser.add_argument("--rounds", type=int,
                         help=f"rounds of {', '.join(ROUNDS_OF)}, each with its own ceiling, reported as the median "
                              "figure over the median ceiling (default 3; 1 with --quick or an instrument)")
@@ -166,10 +163,6 @@ def main() -> None:
             argv.append("--quick")
         if args.database_url:
             argv += ["--database-url", args.database_url]
-        if args.ingest_role != "api" and name.startswith("ingest"):
-            argv += ["--ingest-role", args.ingest_role]
-        if args.latency_roles != "split" and name == "latency":
-            argv += ["--latency-roles", args.latency_roles]
         if args.rounds is not None and name in ROUNDS_OF:
             argv += ["--rounds", str(args.rounds)]
         return shlex.join(argv)
@@ -187,7 +180,7 @@ def main() -> None:
             work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="postbacks-bench-"))
         opts = Options(quick=args.quick, database_url=args.database_url, work_dir=pathlib.Path(work_dir),
                        profile=args.profile, sql_profile=args.sql_profile, trace_memory=args.trace_memory,
-                       ingest_role=args.ingest_role, latency_roles=args.latency_roles, command=command)
+                       command=command)
         try:
             import uvloop
 

@@ -47,25 +47,25 @@ def build() -> pathlib.Path:
 
 
 async def run(binary: pathlib.Path, port: int, path: str, bodies: Sequence[pathlib.Path], placeholder: str, *,
-              in_flight: int, connections: int, warmup_s: float, duration_s: float,
+              in_flight: int, connections: int, warmup_s: float, duration_s: float, key_divisor: int = 1,
               headers: Sequence[str] = ()) -> tuple[dict, str]:  # type: ignore[type-arg]
-    """Closed loop. Returns the client's JSON report and its command line (the key in an authorization header is
-    elided)."""
+    """Closed loop. With key_divisor D, D consecutive requests share their placeholder's digits (see grpc_load.c).
+    Returns the client's JSON report and its command line (the key in an authorization header is elided)."""
     return await _run(binary, port, path, bodies, placeholder, headers, [
         "--connections", str(connections), "--in-flight", str(in_flight), "--warmup", str(warmup_s),
-        "--duration", str(duration_s)])
+        "--duration", str(duration_s), "--key-divisor", str(key_divisor)])
 
 
 async def run_paced(binary: pathlib.Path, port: int, path: str, body: pathlib.Path, placeholder: str, *, rate: float,
                     count: int, times: pathlib.Path,
-                    headers: Sequence[str] = ()) -> tuple[list[tuple[int, float, float]], dict, str]:  # type: ignore[type-arg]
-    """Open loop on one connection, as one game server's channel: request k (counter k) goes out at start + k/rate.
-    Returns each request's (counter, sent_at, acked_at; 0 when it failed) in CLOCK_MONOTONIC seconds, the client's
-    JSON report and its command line."""
+                    headers: Sequence[str] = ()) -> tuple[list[tuple[int, float, float, float]], dict, str]:  # type: ignore[type-arg]
+    """Open loop on one connection, as one game server's channel: request k (counter k) is due at start + k/rate
+    and goes out then, however many are in flight. Returns each request's (counter, due_at, sent_at, acked_at; 0
+    when it failed) in CLOCK_MONOTONIC seconds, the client's JSON report and its command line."""
     report, command = await _run(binary, port, path, [body], placeholder, headers, [
         "--connections", "1", "--in-flight", "1", "--rate", str(rate), "--count", str(count), "--times", str(times)])
     rows = [line.split() for line in (await asyncio.to_thread(times.read_text)).splitlines()]
-    return [(int(k), float(sent), float(acked)) for k, sent, acked in rows], report, command
+    return [(int(k), float(due), float(sent), float(acked)) for k, due, sent, acked in rows], report, command
 
 
 async def _run(binary: pathlib.Path, port: int, path: str, bodies: Sequence[pathlib.Path], placeholder: str,

@@ -5,14 +5,20 @@
  * counter. It keeps --in-flight streams open across --connections connections, checks grpc-status in the
  * trailers, and prints one JSON line: completions per second in the measured window, errors, latency.
  *
- * With --rate R --count N it is an open-loop client instead: request k goes out at start + k/R on connection
- * k mod --connections, whatever is still in flight, and --times FILE receives one line per request:
- * "counter sent_at acked_at" (CLOCK_MONOTONIC seconds; acked_at 0 when the call failed).
+ * With --rate R --count N it is an open-loop client instead: request k is due at start + k/R and goes out on
+ * connection k mod --connections as soon as the loop sees it due, whatever is still in flight; its latency is
+ * timed from when it was due, not from when it went out, so a client or server that falls behind shows as
+ * latency instead of as a slower schedule. --times FILE receives one line per request:
+ * "counter due_at sent_at acked_at" (CLOCK_MONOTONIC seconds; acked_at 0 when the call failed).
+ *
+ * --key-divisor D writes counter / D in place of the placeholder, so D consecutive requests (one of each of
+ * D bodies) share their ids' digits: a player's click and purchase, say.
  *
  * Build: gcc -O2 -o grpc_load grpc_load.c -lnghttp2
  * Run:   grpc_load --port P --path /pkg.Service/Method --body FILE [--body FILE ...] --placeholder XXXXXXXXXXXXXXXX
  *                  [--host 127.0.0.1] [--connections 4] [--in-flight 256] [--warmup 2] [--duration 10]
- *                  [--header "name: value" ...] [--counter-start 0] [--rate R --count N --times FILE]
+ *                  [--header "name: value" ...] [--counter-start 0] [--key-divisor 1]
+ *                  [--rate R --count N --times FILE]
  * Each body FILE holds one serialized protobuf message; the 5-byte gRPC prefix is added here.
  */
 #define _GNU_SOURCE
@@ -81,7 +87,11 @@ static size_t n_latencies, cap_latencies;
 static char first_error[512];
 /* Open-loop mode (--rate): each request's send and acknowledgement times, by counter - counter_start. */
 static uint64_t counter_start;
-static double *paced_sent, *paced_acked;
+static double *paced_due, *paced_sent, *paced_acked;
+static double paced_rate;
+static uint64_t key_divisor = 1;
+static uint32_t peer_max_streams; /* the server's SETTINGS_MAX_CONCURRENT_STREAMS, as last seen */
+static int max_in_flight_seen;
 
 static double now_s(void) {
     struct timespec ts;
@@ -211,12 +221,18 @@ static void submit_one(connection_t *c) {
     s->body = malloc(t->len);
     memcpy(s->body, t->data, t->len);
     char digits[64];
-    snprintf(digits, sizeof digits, "%0*" PRIu64, (int)placeholder_len, counter);
+    snprintf(digits, sizeof digits, "%0*" PRIu64, (int)placeholder_len, counter / key_divisor);
     for (int i = 0; i < t->n_offsets; i++) memcpy(s->body + t->offsets[i], digits, placeholder_len);
     s->counter = counter++;
     s->grpc_status = -1;
-    s->start = now_s();
-    if (paced_sent) paced_sent[s->counter - counter_start] = s->start;
+    if (paced_sent) {
+        uint64_t k = s->counter - counter_start;
+        paced_due[k] = t_start + (double)k / paced_rate;
+        paced_sent[k] = now_s();
+        s->start = paced_due[k]; /* open loop: timed from when it was due */
+    } else {
+        s->start = now_s();
+    }
     nghttp2_data_provider provider = {.source.ptr = s, .read_callback = body_read_cb};
     int32_t id = nghttp2_submit_request(c->session, NULL, request_headers, n_request_headers, &provider, s);
     if (id < 0) {
@@ -224,6 +240,7 @@ static void submit_one(connection_t *c) {
         exit(2);
     }
     c->in_flight++;
+    if (c->in_flight > max_in_flight_seen) max_in_flight_seen = c->in_flight;
 }
 
 static void add_header(const char *name, const char *value) {
@@ -303,6 +320,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(arg, "--warmup")) warmup = atof(val);
         else if (!strcmp(arg, "--duration")) duration = atof(val);
         else if (!strcmp(arg, "--counter-start")) counter = strtoull(val, NULL, 10);
+        else if (!strcmp(arg, "--key-divisor")) key_divisor = strtoull(val, NULL, 10);
         else if (!strcmp(arg, "--rate")) rate = atof(val);
         else if (!strcmp(arg, "--count")) count = strtoull(val, NULL, 10);
         else if (!strcmp(arg, "--times")) times_path = val;
@@ -325,12 +343,18 @@ int main(int argc, char **argv) {
                 MAX_CONNECTIONS);
         return 2;
     }
+    if (key_divisor < 1) {
+        fprintf(stderr, "grpc_load: --key-divisor must be at least 1\n");
+        return 2;
+    }
     if ((rate > 0) != (count > 0) || (rate > 0) != (times_path != NULL)) {
         fprintf(stderr, "grpc_load: --rate, --count and --times go together\n");
         return 2;
     }
     if (rate > 0) {
         counter_start = counter;
+        paced_rate = rate;
+        paced_due = calloc(count, sizeof(double));
         paced_sent = calloc(count, sizeof(double));
         paced_acked = calloc(count, sizeof(double));
         /* The measured window is the whole run: every request counts. */
@@ -443,7 +467,7 @@ int main(int argc, char **argv) {
         FILE *f = fopen(times_path, "w");
         if (!f) die(times_path);
         for (uint64_t k = 0; k < count; k++)
-            fprintf(f, "%" PRIu64 " %.6f %.6f\n", counter_start + k, paced_sent[k], paced_acked[k]);
+            fprintf(f, "%" PRIu64 " %.6f %.6f %.6f\n", counter_start + k, paced_due[k], paced_sent[k], paced_acked[k]);
         fclose(f);
     }
     double window = (now_s() < t_window_end ? now_s() : t_window_end) - t_window_start;
@@ -457,11 +481,14 @@ int main(int argc, char **argv) {
         escaped[j++] = (ch >= 32 && ch < 127) ? ch : '?';
     }
     escaped[j] = 0;
+    /* A server limit below what was in flight would hold requests back in nghttp2: a closed loop in disguise. */
+    peer_max_streams = nghttp2_session_get_remote_settings(conns[0].session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
     printf("{\"ok\": %" PRIu64 ", \"errors\": %" PRIu64 ", \"ok_total\": %" PRIu64 ", \"errors_total\": %" PRIu64
            ", \"seconds\": %.3f, \"per_second\": %.1f, \"p50_ms\": %.2f, \"p99_ms\": %.2f, \"connections\": %d"
-           ", \"in_flight\": %d, \"first_error\": \"%s\"}\n",
+           ", \"in_flight\": %d, \"max_in_flight_per_connection\": %d, \"server_max_concurrent_streams\": %u"
+           ", \"first_error\": \"%s\"}\n",
            ok_window, err_window, ok_total, err_total, window, (double)ok_window / window, percentile(0.5),
-           percentile(0.99), n_connections, in_flight, escaped);
+           percentile(0.99), n_connections, in_flight, max_in_flight_seen, peer_max_streams, escaped);
     for (int i = 0; i < n_connections; i++) {
         nghttp2_session_del(conns[i].session);
         close(conns[i].fd);

@@ -68,11 +68,11 @@ class Workload:
         return sum(self.owed_per_batch)
 
 
-def _workload(events: list[event_pb2.Event], owes: Callable[[event_pb2.Event], bool]) -> Workload:
+def _workload(events: list[event_pb2.Event], owes: Callable[[event_pb2.Event], bool], parent: str = PARENT) -> Workload:
     batches, owed = [], []
     for start in range(0, len(events), BATCH_SIZE):
         chunk = events[start:start + BATCH_SIZE]
-        batches.append(event_service_pb2.BatchIngestEventsRequest(parent=PARENT, events=chunk).SerializeToString())
+        batches.append(event_service_pb2.BatchIngestEventsRequest(parent=parent, events=chunk).SerializeToString())
         owed.append(sum(1 for e in chunk if owes(e)))
     return Workload(batches, owed)
 
@@ -81,7 +81,7 @@ def _paid_conversion(event: event_pb2.Event) -> bool:
     return event.WhichOneof("kind") in ("game_launch", "purchase") and is_paid(int(event.event_id.split("-")[1]))
 
 
-def mixed(total_events: int, *, wave_players: int = 200) -> Workload:
+def mixed(total_events: int, *, wave_players: int = 200, first_player: int = 0, parent: str = PARENT) -> Workload:
     """About total_events of a realistic mix for many players, in the order they happen: each wave of players
     clicks (paid players only), then signs up, launches, and buys, one stage per step, so a step carries new
     players' clicks next to older players' purchases and attribution must look history up in the database."""
@@ -89,7 +89,7 @@ def mixed(total_events: int, *, wave_players: int = 200) -> Workload:
     stage_times = [now_us - s * 600_000_000 for s in (4, 3, 2, 1)]  # click, identify, launch, purchase
 
     def stage(wave: int, step: int) -> list[event_pb2.Event]:
-        players = range(wave * wave_players, (wave + 1) * wave_players)
+        players = range(first_player + wave * wave_players, first_player + (wave + 1) * wave_players)
         t = stage_times[step]
         if step == 0:
             return [click(p, t + p % 1000) for p in players if is_paid(p)]
@@ -106,7 +106,23 @@ def mixed(total_events: int, *, wave_players: int = 200) -> Workload:
             if step - s >= 0:
                 events += stage(step - s, s)
         step += 1
-    return _workload(events[:total_events], _paid_conversion)
+    return _workload(events[:total_events], _paid_conversion, parent)
+
+
+def streams(total_events: int, count: int, *, games: int) -> list[Workload]:
+    """`count` mixes of total_events / count events each, of players of their own, as `count` game servers would
+    send them: all to one game (games=1), or each to a game of its own (games=count, games bench-0, bench-1, ...).
+    The rows, and so the attribution work, are the same either way; only the game differs."""
+    per_stream = total_events // count
+    return [mixed(per_stream, first_player=i * 10 * per_stream,
+                  parent=PARENT if games == 1 else f"games/{GAME}-{i % games}") for i in range(count)]
+
+
+def interleave(workloads: list[Workload]) -> Workload:
+    """One batch of each workload in turn: the order in which `len(workloads)` callers, one per workload, take them."""
+    batches = [b for group in zip(*(w.batches for w in workloads), strict=True) for b in group]
+    owed = [n for group in zip(*(w.owed_per_batch for w in workloads), strict=True) for n in group]
+    return Workload(batches, owed)
 
 
 def backlog(postbacks: int, per_player: int = 10) -> Workload:
@@ -155,13 +171,21 @@ def paced_event_id(key: str) -> str:
     return f"lp-{key}"
 
 
+# Unary requests come in pairs of one player (the C client's --key-divisor): a paid click, then a purchase that
+# owes the click's network a postback.
+UNARY_PAIR = 2
+
+
 def unary_templates(directory: pathlib.Path) -> list[pathlib.Path]:
-    """IngestEventRequest bodies for the C client: a new player's first launch and a new player's purchase, with
-    PLACEHOLDER in every id so each request is a new event of a new player."""
+    """IngestEventRequest bodies for the C client: a new player's paid TikTok click (signed in: it carries the
+    user id) and that player's purchase, with PLACEHOLDER in every id; with --key-divisor UNARY_PAIR each pair is a
+    new player, and each purchase owes one postback."""
     now_us = int(time.time() * 1e6) - 60_000_000
     bodies = {
-        "launch": _event(f"ul-{PLACEHOLDER}", now_us, user_id=f"u-{PLACEHOLDER}", anonymous_id=f"a-{PLACEHOLDER}",
-                         ip_address="10.1.2.3", user_agent=USER_AGENT, game_launch=event_pb2.GameLaunch()),
+        "click": _event(f"uc-{PLACEHOLDER}", now_us - 1_000_000, user_id=f"u-{PLACEHOLDER}",
+                        anonymous_id=f"a-{PLACEHOLDER}", ip_address="10.1.2.3", user_agent=USER_AGENT,
+                        ad_click=event_pb2.AdClick(landing_url="https://play.example.com/?utm_source=tiktok"
+                                                               f"&ttclid=E.C.P.{PLACEHOLDER}")),
         "purchase": _event(f"up-{PLACEHOLDER}", now_us, user_id=f"u-{PLACEHOLDER}", ip_address="10.1.2.3",
                            user_agent=USER_AGENT,
                            purchase=event_pb2.Purchase(value="4.99", currency="USD", order_id=f"o-{PLACEHOLDER}")),
