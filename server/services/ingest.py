@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from sqlalchemy import and_, bindparam, exists, or_, select, text
+from sqlalchemy import and_, bindparam, exists, or_, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from server.core import attribution
@@ -26,6 +27,7 @@ from server.services.conversions import (
     conversion_views,
 )
 from server.services.deliveries import render_pending
+from server.services.player_locks import LocksNeeded, PlayerLocks, identity_keys
 from server.store.models import Delivery, Erasure, Event, Game, IdentityLink, PostbackConfig
 from server.store.queries import game_rows_in_parameters, in_parameter, insert_rows
 
@@ -60,7 +62,7 @@ async def ingest_groups(ctx: ServiceContext, groups: Sequence[tuple[str, Sequenc
     # Fingerprints are computed before the transaction: on SQLite it runs in the writer thread, which every write
     # of the process shares, and this much needs no database.
     fingerprints = {game_id: [e.fingerprint() for e in events] for game_id, events in per_game.items()}
-    results = await ctx.db.write(lambda session: _ingest_games(ctx, session, per_game, fingerprints, now_us))
+    results = await _write_with_retries(ctx, per_game, fingerprints, now_us)
     if any(result.owed for result in results.values()):
         ctx.outbox_changed()
     for result in results.values():
@@ -77,19 +79,51 @@ class _GameResult:
     owed: int
 
 
-def _ingest_games(ctx: ServiceContext, session: Session, per_game: dict[str, list[NewEvent]],
-                  fingerprints: dict[str, list[str]], now_us: int) -> dict[str, _GameResult]:
+# PostgreSQL's codes for a transaction that lost a race and may simply run again: the same event id committed by a
+# concurrent transaction (a client's retry of a call still running), and a deadlock among identity locks.
+_RETRIED_SQLSTATES = {"23505", "40P01"}
+_ATTEMPTS = 6
+
+
+async def _write_with_retries(ctx: ServiceContext, per_game: dict[str, list[NewEvent]],
+                              fingerprints: dict[str, list[str]], now_us: int) -> dict[str, _GameResult]:
+    """On PostgreSQL, the transaction runs again when it lost a race (LocksNeeded, _RETRIED_SQLSTATES): it reads
+    afresh, so what the other transaction committed is then a duplicate or history. SQLite has one writer."""
+    locks_wanted: frozenset[int] = frozenset()
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            return await ctx.db.write(functools.partial(_ingest_games, ctx, per_game=per_game,
+                                                        fingerprints=fingerprints, now_us=now_us,
+                                                        locks_wanted=locks_wanted, wait_to_cover=attempt > 2))
+        except LocksNeeded as needed:
+            locks_wanted = needed.keys
+        except DBAPIError as error:
+            if ctx.db.is_sqlite or getattr(error.orig, "sqlstate", None) not in _RETRIED_SQLSTATES \
+                    or attempt == _ATTEMPTS:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _ingest_games(ctx: ServiceContext, session: Session, *, per_game: dict[str, list[NewEvent]],
+                  fingerprints: dict[str, list[str]], now_us: int, locks_wanted: frozenset[int],
+                  wait_to_cover: bool) -> dict[str, _GameResult]:
+    locks = None
     if not ctx.db.is_sqlite:
-        # Attribution reads a player's history and then writes on it: one writer per game at a time keeps a click
-        # and a conversion committed concurrently from missing each other. Sorted: no lock cycles.
-        for game_id in sorted(per_game):
-            session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:game))"), {"game": game_id})
-    return {game_id: _ingest_game(ctx, session, game_id, events, fingerprints[game_id], now_us)
+        # The unit of serialisation is the player: the events' own identities now, those their history reaches
+        # as it is read (PlayerLocks.cover), and on a second attempt all that the first found it needed.
+        locks = PlayerLocks(session, wait_to_cover=wait_to_cover)
+        keys = set(locks_wanted)
+        for game_id, events in per_game.items():
+            keys |= identity_keys(game_id, {e.user_id for e in events if e.user_id},
+                                  {e.anonymous_id for e in events if e.anonymous_id},
+                                  {e.email_sha256 for e in events if e.email_sha256})
+        locks.lock(per_game, keys)
+    return {game_id: _ingest_game(ctx, session, locks, game_id, events, fingerprints[game_id], now_us)
             for game_id, events in per_game.items()}
 
 
-def _ingest_game(ctx: ServiceContext, session: Session, game_id: str, events: list[NewEvent], fingerprints: list[str],
-                 now_us: int) -> _GameResult:
+def _ingest_game(ctx: ServiceContext, session: Session, locks: PlayerLocks | None, game_id: str,
+                 events: list[NewEvent], fingerprints: list[str], now_us: int) -> _GameResult:
     first_seen = _existing_fingerprints(session, game_id, [e.event_id for e in events])
     new_indexes = []
     for index, event in enumerate(events):
@@ -98,7 +132,7 @@ def _ingest_game(ctx: ServiceContext, session: Session, game_id: str, events: li
             new_indexes.append(index)
     stored = _Stored()
     if new_indexes:
-        stored = _store_and_attribute(ctx, session, game_id, [events[i] for i in new_indexes],
+        stored = _store_and_attribute(ctx, session, locks, game_id, [events[i] for i in new_indexes],
                                       [fingerprints[i] for i in new_indexes], now_us)
     # Duplicates (and conversions re-decided within this call) are read back as they now stand.
     unknown = [e.event_id for e in events if e.kind in _CONVERSION_TYPES and e.event_id not in stored.views]
@@ -310,19 +344,26 @@ def _player_keys(player: Player) -> set[str]:
             | {"e:" + e for e in player.email_hashes})
 
 
-def _load_history(session: Session, game_id: str, user_ids: set[str], anonymous_ids: set[str],
-                  emails: set[str], *, has_erasures: bool, with_launches: bool = True,
+def _load_history(session: Session, locks: PlayerLocks | None, game_id: str, user_ids: set[str],
+                  anonymous_ids: set[str], emails: set[str], *, has_erasures: bool, with_launches: bool = True,
                   awaiting_since: int | None = None) -> _History:
     """The history of the players with these identities. Launches are left out when nothing will ask whether a
     player launched before (re-decisions), and erasures when the game has no tombstones at all. With awaiting_since,
-    the players' conversions received since then and still awaiting late data come along (history.awaiting)."""
+    the players' conversions received since then and still awaiting late data come along (history.awaiting).
+    With locks (PostgreSQL), every identity whose rows are read is locked first."""
     history = _History()
-    link_rows = session.execute(
-        _LINKS, {"game": game_id, "users": user_ids, "anons": anonymous_ids, "emails": emails}).all()
-    users = user_ids | {link.user_id for link in link_rows}
-    if users - user_ids:  # a user reached through an anonymous id brings that user's other devices
+    while True:
         link_rows = session.execute(
-            _LINKS, {"game": game_id, "users": users, "anons": anonymous_ids, "emails": emails}).all()
+            _LINKS, {"game": game_id, "users": user_ids, "anons": anonymous_ids, "emails": emails}).all()
+        users = user_ids | {link.user_id for link in link_rows}
+        if users - user_ids:  # a user reached through an anonymous id brings that user's other devices
+            link_rows = session.execute(
+                _LINKS, {"game": game_id, "users": users, "anons": anonymous_ids, "emails": emails}).all()
+        # Links newly locked may have changed since they were read: then they are read again.
+        if locks is None or not locks.cover(game_id, users, anonymous_ids | {r.anonymous_id for r in link_rows
+                                                                             if r.anonymous_id},
+                                            emails | {r.email_sha256 for r in link_rows if r.email_sha256}):
+            break
     for user_id, anonymous_id, email, email_reddit in link_rows:
         if anonymous_id:
             history.add_link(anonymous_id, user_id)
@@ -393,8 +434,8 @@ def _new_view(game_id: str, event: NewEvent, conversion_type: EventType, decisio
     )
 
 
-def _store_and_attribute(ctx: ServiceContext, session: Session, game_id: str, events: list[NewEvent],
-                         fingerprints: list[str], now_us: int) -> _Stored:
+def _store_and_attribute(ctx: ServiceContext, session: Session, locks: PlayerLocks | None, game_id: str,
+                         events: list[NewEvent], fingerprints: list[str], now_us: int) -> _Stored:
     """Inserts the new events with their conversions' decisions and the deliveries they owe."""
     configs, config_row_ids, lookback_us, has_erasures = _game_rules(session, game_id)
     configs_by_id = {c.config_id: c for c in configs}
@@ -403,7 +444,7 @@ def _store_and_attribute(ctx: ServiceContext, session: Session, game_id: str, ev
     late_data = any((e.kind == EventKind.AD_CLICK and e.network) or e.kind == EventKind.IDENTIFY for e in events)
     grace_us = int(ctx.settings.attribution_grace_s * 1_000_000)
     history = _load_history(
-        session, game_id,
+        session, locks, game_id,
         {e.user_id for e in events if e.user_id},
         {e.anonymous_id for e in events if e.anonymous_id},
         {e.email_sha256 for e in events if e.email_sha256},
@@ -443,7 +484,7 @@ def _store_and_attribute(ctx: ServiceContext, session: Session, game_id: str, ev
         insert_rows(session, IdentityLink.__table__, _LINK_COLUMNS, link_rows)
     changes: list[tuple[_Awaiting, Decision, str | None, str | None]] = []
     if late_data:
-        changes = _reevaluate_recent(session, game_id, events, history, awaiting, configs, lookback_us,
+        changes = _reevaluate_recent(session, locks, game_id, events, history, awaiting, configs, lookback_us,
                                            now_us, grace_us, has_erasures=has_erasures)
     # Row ids, for the deliveries: of the conversions that owe postbacks, and of this batch's re-decided ones.
     wanted = [*owed, *(c.event_id for c, _, _, _ in changes if c.row_id is None)]
@@ -473,7 +514,8 @@ def _store_and_attribute(ctx: ServiceContext, session: Session, game_id: str, ev
     return stored
 
 
-def _reevaluate_recent(session: Session, game_id: str, events: list[NewEvent], batch_history: _History,
+def _reevaluate_recent(session: Session, locks: PlayerLocks | None, game_id: str, events: list[NewEvent],
+                       batch_history: _History,
                        batch_awaiting: list[_Awaiting], configs: list[Config], lookback_us: int, now_us: int,
                        grace_us: int, *,
                        has_erasures: bool) -> list[tuple[_Awaiting, Decision, str | None, str | None]]:
@@ -492,7 +534,7 @@ def _reevaluate_recent(session: Session, game_id: str, events: list[NewEvent], b
     history = batch_history
     if not all(batch_history.covers(c.user_id, c.anonymous_id, c.email_sha256) for c in candidates):
         history = _load_history(
-            session, game_id,
+            session, locks, game_id,
             {c.user_id for c in candidates if c.user_id},
             {c.anonymous_id for c in candidates if c.anonymous_id},
             {c.email_sha256 for c in candidates if c.email_sha256},

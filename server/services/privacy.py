@@ -34,8 +34,9 @@ async def delete_user_data(ctx: ServiceContext, game_id: str, request: ErasureRe
     now_us = ctx.clock()
     async with ctx.db.transaction() as session:
         if not ctx.db.is_sqlite:
-            # The lock ingestion takes: an event of this player commits either before (and is erased here) or
-            # after (and meets the tombstone). SQLite's single writer gives the same order.
+            # Ingestion holds this lock shared (player_locks.py), so taking it alone waits for the ingests under
+            # way: an event of this player commits either before (and is erased here) or after (and meets the
+            # tombstone). SQLite's single writer gives the same order.
             await session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:game))"), {"game": game_id})
         named = (request.user_id, request.anonymous_id, request.email_sha256)
         link_columns = (IdentityLink.user_id, IdentityLink.anonymous_id, IdentityLink.email_sha256)

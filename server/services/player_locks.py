@@ -1,0 +1,80 @@
+"""PostgreSQL ingest's unit of serialisation: transaction-level advisory locks on the identities of a game's players."""
+
+import hashlib
+from collections.abc import Iterable
+
+from sqlalchemy import BigInteger, String, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session
+
+# Ingest takes its games' locks shared and an erasure takes its game's exclusively (privacy.py): an erasure waits
+# for the ingests of its game under way, and the ingests that come after it wait for it. Each game's lock comes
+# before any identity's, so no transaction holding an identity ever waits for a game.
+_LOCK_GAMES = text(
+    "SELECT count(pg_advisory_xact_lock_shared(hashtext(game))) FROM unnest(:games) AS game"
+).bindparams(bindparam("games", type_=ARRAY(String)))
+# In the order of the array, which is sorted: two transactions wanting some of the same identities take them in the
+# same order, so neither holds one the other waits for while waiting for one the other holds.
+_LOCK = text("SELECT count(pg_advisory_xact_lock(key)) FROM unnest(:keys) AS key").bindparams(
+    bindparam("keys", type_=ARRAY(BigInteger)))
+_TRY_LOCK = text("SELECT bool_and(pg_try_advisory_xact_lock(key)) FROM unnest(:keys) AS key").bindparams(
+    bindparam("keys", type_=ARRAY(BigInteger)))
+
+
+class LocksNeeded(Exception):  # not an error: a request to start again
+    """A transaction found it must hold identities that another transaction holds: it rolls back and starts again,
+    taking all of `keys` in order before it reads anything."""
+
+    def __init__(self, keys: frozenset[int]) -> None:
+        super().__init__(f"{len(keys)} identity locks needed")
+        self.keys = keys
+
+
+def identity_keys(game_id: str, user_ids: Iterable[str], anonymous_ids: Iterable[str],
+                  emails: Iterable[str]) -> set[int]:
+    """Lock keys of a game's user ids, anonymous ids and email hashes: 64 bits of BLAKE2b of the game and the
+    identity, the same in every replica."""
+    prefix = game_id.encode() + b"\0"
+    keys = set()
+    for kind, values in ((b"u:", user_ids), (b"a:", anonymous_ids), (b"e:", emails)):
+        for value in values:
+            digest = hashlib.blake2b(prefix + kind + value.encode(), digest_size=8).digest()
+            keys.add(int.from_bytes(digest, "big", signed=True))
+    return keys
+
+
+class PlayerLocks:
+    """The identity locks one ingest transaction holds. Attribution reads the history of the players its events
+    touch and then writes on it; every row it reads is matched by an identity it holds, and every row another
+    transaction writes carries identities that transaction holds. So two transactions that could miss each other's
+    rows share a lock and run one after the other, while those of different players run side by side."""
+
+    def __init__(self, session: Session, *, wait_to_cover: bool = False) -> None:
+        self._session = session
+        self._wait_to_cover = wait_to_cover
+        self.held: set[int] = set()
+
+    def lock(self, game_ids: Iterable[str], keys: Iterable[int]) -> None:
+        """At the start of the transaction: the games' shared locks, then the keys in order, waiting for each."""
+        self._session.execute(_LOCK_GAMES, {"games": sorted(set(game_ids))})
+        wanted = sorted(set(keys) - self.held)
+        if wanted:
+            self._session.execute(_LOCK, {"keys": wanted})
+            self.held.update(wanted)
+
+    def cover(self, game_id: str, user_ids: Iterable[str], anonymous_ids: Iterable[str],
+              emails: Iterable[str]) -> bool:
+        """Before reading the rows of these identities: takes those not yet held. Returns True when it took any, as
+        what was read of them before (the links that named them) may since have changed. Raises LocksNeeded when one
+        is held by another transaction, as waiting for it here, out of order, could deadlock; a transaction that
+        started again and still found more to take (the links kept changing) waits instead, and PostgreSQL's
+        deadlock detector settles the rare cycle."""
+        missing = identity_keys(game_id, user_ids, anonymous_ids, emails) - self.held
+        if not missing:
+            return False
+        if self._wait_to_cover:
+            self._session.execute(_LOCK, {"keys": sorted(missing)})
+        elif not self._session.execute(_TRY_LOCK, {"keys": sorted(missing)}).scalar():
+            raise LocksNeeded(frozenset(self.held | missing))
+        self.held |= missing
+        return True
