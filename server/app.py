@@ -38,6 +38,7 @@ from server.services.ingest import GroupCommitter
 from server.services.log_tail import LogTail
 from server.settings import Settings
 from server.store.db import Database
+from server.store.statistics import keep_statistics_fresh
 
 log = logging.getLogger("postbacks")
 
@@ -82,6 +83,7 @@ class App:
         self.metrics_server: MetricsServer | None = None
         self.metrics_port: int | None = None
         self._log_purge_task: asyncio.Task[None] | None = None
+        self._statistics_task: asyncio.Task[None] | None = None
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
         # Development mode only: the full-access key kept in settings.dev_key_file.
@@ -129,6 +131,9 @@ class App:
         self._log_purge_task = asyncio.create_task(
             delivery_logs.purge_expired_logs_periodically(self.ctx, self.settings.log_purge_interval_s),
             name="delivery-log-purge")
+        if not self.db.is_sqlite:
+            self._statistics_task = asyncio.create_task(
+                keep_statistics_fresh(self.db, self.settings.pg_statistics_interval_s), name="planner-statistics")
         if self.settings.metrics_listen:
             self.metrics_server = MetricsServer(self.ctx.metrics, self.settings.metrics_listen,
                                                 lambda: outbox_stats.refresh_outbox_gauges(self.ctx))
@@ -169,10 +174,11 @@ class App:
         if self.server is not None:
             await self.server.stop(grace)
         await self.log_tail.stop()
-        if self._log_purge_task is not None:
-            self._log_purge_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._log_purge_task
+        for task in (self._log_purge_task, self._statistics_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         if self.dispatcher is not None:

@@ -1,4 +1,5 @@
-"""Database: on one SQLite file, the writers of several processes take turns on a lock file."""
+"""Database: on one SQLite file, the writers of several processes take turns on a lock file; on PostgreSQL, the
+planner statistics of the tables ingest grows are refreshed as they grow."""
 
 import asyncio
 import os
@@ -9,6 +10,7 @@ import sys
 from sqlalchemy import text
 
 from server.store.db import Database, _WriteTurn
+from server.store.statistics import CHANGED_FLOOR, analyze_stale_tables
 from tests.conftest import wait_until
 
 # Another process's writer holding its turn: it takes the lock, says so, and lets go when told to.
@@ -92,3 +94,21 @@ async def test_an_urgent_writer_goes_before_the_others_waiting_and_a_cancelled_o
     assert order == ["first", "claim", "record-1", "record-2"]
     async with asyncio.timeout(1):  # the turn is free again
         await write("later")
+
+
+async def test_postgresql_statistics_of_a_grown_hot_table_are_refreshed_until_it_is_analyzed(postgresql_url: str) -> None:
+    db = Database(postgresql_url)
+    await db.migrate()
+    try:
+        await db.write(lambda session: session.execute(text(
+            "INSERT INTO identity_links (game_id, user_id, anonymous_id, link_time_us) "
+            "SELECT 'g', 'u' || n, 'a' || n, 1 FROM generate_series(1, :rows) AS n"), {"rows": 2 * CHANGED_FLOOR}))
+        # PostgreSQL publishes a table's change counts within about a second of the commit.
+        assert await wait_until(lambda: analyze_stale_tables(db)) == ["identity_links"]
+        async with db.snapshot() as session:
+            analyzed_at = await session.scalar(text(
+                "SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'identity_links'"))
+        assert analyzed_at is not None
+        assert await analyze_stale_tables(db) == []
+    finally:
+        await db.close()
