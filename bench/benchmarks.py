@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from bench import c_load, traced_server, workload
 from bench.fake import PIXEL, TOKEN, CountingFakeNetwork
-from bench.procs import PYTHON, Profiler, ServerProcess, fresh_database, run_helper
+from bench.procs import PYTHON, Profiler, ServerProcess, database_cpu_seconds, fresh_database, run_helper
 from postbacks.v1 import (
     event_service_pb2,
     network_pb2,
@@ -143,7 +143,7 @@ def median_of_rounds(rounds: list[Result]) -> Result:
 
 _ROUND_DETAILS = ("without_storage_per_second", "without_storage_ratio", "server_cpu_per_event_us",
                   "dispatcher_cpu_per_postback_us", "postbacks_arrived_during_load",
-                  "four_games_server_cpu_per_event_us")
+                  "four_games_server_cpu_per_event_us", "database_cpu_per_event_us")
 
 
 @contextlib.asynccontextmanager
@@ -274,10 +274,11 @@ async def ingest_unary(opts: Options, deployment: str = "all") -> Result:
         async with _deployment(opts, deployment, opts.work_dir / "unary-server", url, fake, name) as server:
             await _create_config(server.api)
             await profiler.start(server.api.pid)
-            cpu_before = server.cpu_seconds()
+            cpu_before, db_cpu_before = server.cpu_seconds(), database_cpu_seconds(url)
             real, _ = await c_load.run(binary, server.api.port, UNARY_METHOD, bodies, workload.PLACEHOLDER,
                                        headers=[f"authorization: Bearer {server.api.key}"], **load)
             server_cpu = server.cpu_seconds() - cpu_before
+            db_cpu = database_cpu_seconds(url) - db_cpu_before
             arrived_during_load = len(fake.arrivals)
             profile = await profiler.finish()
             stored, owed = await _count(url)
@@ -299,6 +300,7 @@ async def ingest_unary(opts: Options, deployment: str = "all") -> Result:
             "stored_events": stored, "acknowledged_total": real["ok_total"], "postbacks_owed": owed,
             "postbacks_arrived_during_load": arrived_during_load,
             "server_cpu_per_event_us": round(1e6 * server_cpu / max(1, real["ok_total"]), 1),
+            "database_cpu_per_event_us": round(1e6 * db_cpu / max(1, real["ok_total"]), 1),
             "request_p50_ms": real["p50_ms"], "request_p99_ms": real["p99_ms"],
             "ceiling_request_p50_ms": ceiling["p50_ms"],
             "without_storage_server": shell.shown(opts),
@@ -321,18 +323,19 @@ async def _batch_run(opts: Options, deployment: str, name: str, label: str, load
                 await _create_config(server.api, parent)
             if profiler:
                 await profiler.start(server.api.pid)
-            cpu_before = server.cpu_seconds()
+            cpu_before, db_cpu_before = server.cpu_seconds(), database_cpu_seconds(url)
             # A slow server is measured for at most this long, so the whole set keeps to its time budget.
             report, client_command = await _ingest(server.api, batches_file, max_seconds=opts.scale(90, 15),
                                                    interleaved=True)
             server_cpu = server.cpu_seconds() - cpu_before
+            db_cpu = database_cpu_seconds(url) - db_cpu_before
             profile = await profiler.finish() if profiler else None
         stored, deliveries = await _count(url)
     expected = sum(sum(load.owed_per_batch[caller::CALLERS][:calls])
                    for caller, calls in enumerate(report["calls_per_caller"]))
     if deliveries != expected:
         raise RuntimeError(f"{label}: {deliveries} postbacks owed where the batches sent owe {expected}")
-    return _BatchRun(report, server, client_command, server_cpu, stored, deliveries, profile)
+    return _BatchRun(report, server, client_command, server_cpu, db_cpu, stored, deliveries, profile)
 
 
 class _BatchRun(NamedTuple):
@@ -340,6 +343,7 @@ class _BatchRun(NamedTuple):
     server: Deployment
     client_command: str
     server_cpu_s: float
+    database_cpu_s: float  # PostgreSQL's backends; 0 on SQLite
     stored_events: int
     deliveries: int
     profile: str | None
@@ -382,6 +386,8 @@ async def ingest_batch(opts: Options, deployment: str = "all") -> Result:
             "deliveries_owed": one.deliveries,
             "server_cpu_per_event_us": round(1e6 * one.server_cpu_s / max(1, real["events"]), 1),
             "four_games_server_cpu_per_event_us": round(1e6 * four.server_cpu_s / max(1, spread["events"]), 1),
+            "database_cpu_per_event_us": round(1e6 * one.database_cpu_s / max(1, real["events"]), 1),
+            "four_games_database_cpu_per_event_us": round(1e6 * four.database_cpu_s / max(1, spread["events"]), 1),
         })
 
 

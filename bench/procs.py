@@ -129,6 +129,28 @@ class ServerProcess:
         await self.stop()
 
 
+def database_cpu_seconds(database_url: str) -> float:
+    """User + system CPU time PostgreSQL's backends serving this database have used so far (their process titles
+    name it; the shared WAL writer and checkpointer are left out), for where a benchmark's time goes; 0 on SQLite,
+    whose work is the server's own."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql" or not url.database:
+        return 0.0
+    total = 0
+    needle = f" {url.database} ".encode()
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if needle not in (proc / "cmdline").read_bytes():
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def proc_status_mb(pid: int, field: str) -> float:
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
