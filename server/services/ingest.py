@@ -29,7 +29,7 @@ from server.services.conversions import (
 from server.services.deliveries import render_pending
 from server.services.player_locks import LocksNeeded, PlayerLocks, identity_keys
 from server.store.models import Delivery, Erasure, Event, Game, IdentityLink, PostbackConfig
-from server.store.queries import game_rows_in_parameters, in_parameter, insert_rows
+from server.store.queries import game_rows_in_parameters, in_parameter, insert_rows, insert_rows_returning
 
 _AWAITING_LATE_DATA = tuple(reason.value for reason in attribution.AWAITING_LATE_DATA)
 _CONVERSION_TYPES = {kind: kind.conversion_type for kind in EventKind if kind.conversion_type}
@@ -475,7 +475,13 @@ def _store_and_attribute(ctx: ServiceContext, session: Session, locks: PlayerLoc
         history.add_event(event)
         rows.append((*_event_values(game_id, event, fingerprint, now_us, email, email_reddit), *decided))
 
-    insert_rows(session, Event.__table__, _EVENT_COLUMNS + _DECISION_COLUMNS, rows)
+    # Row ids, for the deliveries: PostgreSQL returns them from the insert, SQLite is asked once they are needed.
+    row_ids: dict[str, int] | None = None
+    if ctx.db.is_sqlite:
+        insert_rows(session, Event.__table__, _EVENT_COLUMNS + _DECISION_COLUMNS, rows)
+    else:
+        row_ids = dict(insert_rows_returning(session, Event.__table__, _EVENT_COLUMNS + _DECISION_COLUMNS, rows,
+                                             ("event_id", "id")))
     link_rows = [
         (game_id, e.user_id, e.anonymous_id, e.email_sha256, e.email_sha256_reddit, now_us)
         for e in events if e.kind == EventKind.IDENTIFY and e.user_id and (e.anonymous_id or e.email_sha256)
@@ -486,11 +492,10 @@ def _store_and_attribute(ctx: ServiceContext, session: Session, locks: PlayerLoc
     if late_data:
         changes = _reevaluate_recent(session, locks, game_id, events, history, awaiting, configs, lookback_us,
                                            now_us, grace_us, has_erasures=has_erasures)
-    # Row ids, for the deliveries: of the conversions that owe postbacks, and of this batch's re-decided ones.
+    # Those of the conversions that owe postbacks, and of this batch's re-decided ones.
     wanted = [*owed, *(c.event_id for c, _, _, _ in changes if c.row_id is None)]
-    row_ids: dict[str, int] = {}
-    if wanted:
-        row_ids = dict(session.execute(_ROW_IDS, {"game": game_id, "event_ids": wanted}).all())
+    if row_ids is None:
+        row_ids = dict(session.execute(_ROW_IDS, {"game": game_id, "event_ids": wanted}).all()) if wanted else {}
     deliveries = [_delivery_values(game_id, row_ids[event_id], config_row_ids[config_id], now_us)
                   for event_id, config_ids in owed.items() for config_id in config_ids]
     updates: list[dict[str, object]] = []
