@@ -8,13 +8,15 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 # Ingest takes its games' locks shared and an erasure takes its game's exclusively (privacy.py): an erasure waits
-# for the ingests of its game under way, and the ingests that come after it wait for it. Each game's lock comes
-# before any identity's, so no transaction holding an identity ever waits for a game.
-_LOCK_GAMES = text(
-    "SELECT count(pg_advisory_xact_lock_shared(hashtext(game))) FROM unnest(:games) AS game"
-).bindparams(bindparam("games", type_=ARRAY(String)))
-# In the order of the array, which is sorted: two transactions wanting some of the same identities take them in the
-# same order, so neither holds one the other waits for while waiting for one the other holds.
+# for the ingests of its game under way, and the ingests that come after it wait for it. The identities follow in
+# the order of their array, which is sorted: two transactions wanting some of the same identities take them in the
+# same order, so neither holds one the other waits for while waiting for one the other holds. One statement, one
+# round trip: UNION ALL runs its parts one after the other, so every game's lock comes before any identity's, and
+# no transaction holding an identity ever waits for a game.
+_LOCK_GAMES_AND_KEYS = text(
+    "SELECT count(*) FROM (SELECT pg_advisory_xact_lock_shared(hashtext(game)) FROM unnest(:games) AS game "
+    "UNION ALL SELECT pg_advisory_xact_lock(key) FROM unnest(:keys) AS key) AS taken"
+).bindparams(bindparam("games", type_=ARRAY(String)), bindparam("keys", type_=ARRAY(BigInteger)))
 _LOCK = text("SELECT count(pg_advisory_xact_lock(key)) FROM unnest(:keys) AS key").bindparams(
     bindparam("keys", type_=ARRAY(BigInteger)))
 _TRY_LOCK = text("SELECT bool_and(pg_try_advisory_xact_lock(key)) FROM unnest(:keys) AS key").bindparams(
@@ -56,11 +58,9 @@ class PlayerLocks:
 
     def lock(self, game_ids: Iterable[str], keys: Iterable[int]) -> None:
         """At the start of the transaction: the games' shared locks, then the keys in order, waiting for each."""
-        self._session.execute(_LOCK_GAMES, {"games": sorted(set(game_ids))})
         wanted = sorted(set(keys) - self.held)
-        if wanted:
-            self._session.execute(_LOCK, {"keys": wanted})
-            self.held.update(wanted)
+        self._session.execute(_LOCK_GAMES_AND_KEYS, {"games": sorted(set(game_ids)), "keys": wanted})
+        self.held.update(wanted)
 
     def cover(self, game_id: str, user_ids: Iterable[str], anonymous_ids: Iterable[str],
               emails: Iterable[str]) -> bool:
