@@ -300,7 +300,7 @@ async def ingest_unary(opts: Options, deployment: str = "all") -> Result:
             "stored_events": stored, "acknowledged_total": real["ok_total"], "postbacks_owed": owed,
             "postbacks_arrived_during_load": arrived_during_load,
             "server_cpu_per_event_us": round(1e6 * server_cpu / max(1, real["ok_total"]), 1),
-            "database_cpu_per_event_us": round(1e6 * db_cpu / max(1, real["ok_total"]), 1),
+            **({"database_cpu_per_event_us": round(1e6 * db_cpu / max(1, real["ok_total"]), 1)} if db_cpu else {}),
             "request_p50_ms": real["p50_ms"], "request_p99_ms": real["p99_ms"],
             "ceiling_request_p50_ms": ceiling["p50_ms"],
             "without_storage_server": shell.shown(opts),
@@ -386,8 +386,9 @@ async def ingest_batch(opts: Options, deployment: str = "all") -> Result:
             "deliveries_owed": one.deliveries,
             "server_cpu_per_event_us": round(1e6 * one.server_cpu_s / max(1, real["events"]), 1),
             "four_games_server_cpu_per_event_us": round(1e6 * four.server_cpu_s / max(1, spread["events"]), 1),
-            "database_cpu_per_event_us": round(1e6 * one.database_cpu_s / max(1, real["events"]), 1),
-            "four_games_database_cpu_per_event_us": round(1e6 * four.database_cpu_s / max(1, spread["events"]), 1),
+            **({"database_cpu_per_event_us": round(1e6 * one.database_cpu_s / max(1, real["events"]), 1),
+                "four_games_database_cpu_per_event_us": round(1e6 * four.database_cpu_s / max(1, spread["events"]), 1)}
+               if opts.database_kind == "postgresql" else {}),
         })
 
 
