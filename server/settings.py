@@ -53,6 +53,8 @@ class Settings:
     metrics_listen: str = _setting("", "host:port for the Prometheus /metrics endpoint; off when empty")
     log_retention_days: int = _setting(30, "days delivery-log entries are kept")
     log_purge_interval_s: float = _setting(600.0, "seconds between purges of expired delivery-log entries")
+    pg_max_identity_locks: int = _setting(4000, "PostgreSQL: an ingest transaction that would lock more of its "
+                                             "players' identities than this locks its games whole instead")
     pg_statistics_interval_s: float = _setting(0.5, "PostgreSQL: how often to look for hot tables grown by a fifth "
                                                     "since the planner's statistics of them, and ANALYZE those")
     log_stream_heartbeat_s: float = _setting(15.0, "an idle StreamDeliveryLogs call sends a heartbeat after this "

@@ -54,10 +54,14 @@ async def decisions(db: Database, game: str) -> dict[str, tuple]:  # type: ignor
             for event_id, decision, reason, click in rows}
 
 
+# The default serialises by player; a limit of 2 identity locks makes nearly every transaction lock its game whole
+# instead, as one does that would take too many of PostgreSQL's shared lock slots.
+@pytest.mark.parametrize("identity_lock_limit", [4000, 2], ids=["players", "whole-games"])
 async def test_two_replicas_ingesting_the_same_players_at_once_decide_as_one_at_a_time(
-        tmp_path, postgresql_url: str, fake_network) -> None:  # type: ignore[no-untyped-def]
+        tmp_path, postgresql_url: str, fake_network, identity_lock_limit: int) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(20)
-    settings = {name: settings_for(tmp_path / name, postgresql_url, fake_network, role="api") for name in "ab"}
+    settings = {name: settings_for(tmp_path / name, postgresql_url, fake_network, role="api",
+                                   pg_max_identity_locks=identity_lock_limit) for name in "ab"}
     db = Database(postgresql_url)
     async with running_app(settings["a"]) as a, running_app(settings["b"]) as b:
         channels = [h.authorized_channel(a), h.authorized_channel(b)]

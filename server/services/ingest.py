@@ -27,7 +27,7 @@ from server.services.conversions import (
     conversion_views,
 )
 from server.services.deliveries import render_pending
-from server.services.player_locks import LocksNeeded, PlayerLocks, identity_keys
+from server.services.player_locks import LOCK_TABLE_FULL, LocksNeeded, PlayerLocks, identity_keys
 from server.store.models import Delivery, Erasure, Event, Game, IdentityLink, PostbackConfig
 from server.store.queries import game_rows_in_parameters, in_parameter, insert_rows, insert_rows_returning
 
@@ -88,30 +88,35 @@ _ATTEMPTS = 6
 async def _write_with_retries(ctx: ServiceContext, per_game: dict[str, list[NewEvent]],
                               fingerprints: dict[str, list[str]], now_us: int) -> dict[str, _GameResult]:
     """On PostgreSQL, the transaction runs again when it lost a race (LocksNeeded, _RETRIED_SQLSTATES): it reads
-    afresh, so what the other transaction committed is then a duplicate or history. SQLite has one writer."""
+    afresh, so what the other transaction committed is then a duplicate or history. One that found PostgreSQL's
+    lock table full runs again locking its games whole. SQLite has one writer."""
     locks_wanted: frozenset[int] = frozenset()
+    whole_games = False
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             return await ctx.db.write(functools.partial(_ingest_games, ctx, per_game=per_game,
                                                         fingerprints=fingerprints, now_us=now_us,
-                                                        locks_wanted=locks_wanted, wait_to_cover=attempt > 2))
+                                                        locks_wanted=locks_wanted, wait_to_cover=attempt > 2,
+                                                        whole_games=whole_games))
         except LocksNeeded as needed:
             locks_wanted = needed.keys
         except DBAPIError as error:
-            if ctx.db.is_sqlite or getattr(error.orig, "sqlstate", None) not in _RETRIED_SQLSTATES \
-                    or attempt == _ATTEMPTS:
+            sqlstate = getattr(error.orig, "sqlstate", None)
+            if ctx.db.is_sqlite or sqlstate not in (*_RETRIED_SQLSTATES, LOCK_TABLE_FULL) or attempt == _ATTEMPTS:
                 raise
+            whole_games = whole_games or sqlstate == LOCK_TABLE_FULL
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _ingest_games(ctx: ServiceContext, session: Session, *, per_game: dict[str, list[NewEvent]],
                   fingerprints: dict[str, list[str]], now_us: int, locks_wanted: frozenset[int],
-                  wait_to_cover: bool) -> dict[str, _GameResult]:
+                  wait_to_cover: bool, whole_games: bool) -> dict[str, _GameResult]:
     locks = None
     if not ctx.db.is_sqlite:
         # The unit of serialisation is the player: the events' own identities now, those their history reaches
         # as it is read (PlayerLocks.cover), and on a second attempt all that the first found it needed.
-        locks = PlayerLocks(session, wait_to_cover=wait_to_cover)
+        locks = PlayerLocks(session, limit=ctx.settings.pg_max_identity_locks, wait_to_cover=wait_to_cover,
+                            whole_games=whole_games)
         keys = set(locks_wanted)
         for game_id, events in per_game.items():
             keys |= identity_keys(game_id, {e.user_id for e in events if e.user_id},

@@ -19,6 +19,12 @@ _LOCK_GAMES_AND_KEYS = text(
 ).bindparams(bindparam("games", type_=ARRAY(String)), bindparam("keys", type_=ARRAY(BigInteger)))
 _LOCK = text("SELECT count(pg_advisory_xact_lock(key)) FROM unnest(:keys) AS key").bindparams(
     bindparam("keys", type_=ARRAY(BigInteger)))
+# Sorted, as the identities are; taken as the first lock of a transaction.
+_LOCK_WHOLE_GAMES = text(
+    "SELECT count(pg_advisory_xact_lock(hashtext(game))) FROM unnest(:games) AS game"
+).bindparams(bindparam("games", type_=ARRAY(String)))
+# PostgreSQL's code for a full shared lock table.
+LOCK_TABLE_FULL = "53200"
 _TRY_LOCK = text("SELECT bool_and(pg_try_advisory_xact_lock(key)) FROM unnest(:keys) AS key").bindparams(
     bindparam("keys", type_=ARRAY(BigInteger)))
 
@@ -49,16 +55,28 @@ class PlayerLocks:
     """The identity locks one ingest transaction holds. Attribution reads the history of the players its events
     touch and then writes on it; every row it reads is matched by an identity it holds, and every row another
     transaction writes carries identities that transaction holds. So two transactions that could miss each other's
-    rows share a lock and run one after the other, while those of different players run side by side."""
+    rows share a lock and run one after the other, while those of different players run side by side.
 
-    def __init__(self, session: Session, *, wait_to_cover: bool = False) -> None:
+    Each lock takes a slot of PostgreSQL's shared lock table, which all sessions share (max_locks_per_transaction
+    x max_connections, 6,400 by default; about 10,000 fitted here), and a batch of 1,000 events names about 2,500
+    identities. A transaction that would hold more than `limit`, or that found the table full, locks its games
+    whole instead: it waits for their ingests under way and they for it, as an erasure does."""
+
+    def __init__(self, session: Session, *, limit: int, wait_to_cover: bool = False, whole_games: bool = False) -> None:
         self._session = session
+        self._limit = limit
         self._wait_to_cover = wait_to_cover
+        self.whole_games = whole_games
         self.held: set[int] = set()
 
     def lock(self, game_ids: Iterable[str], keys: Iterable[int]) -> None:
-        """At the start of the transaction: the games' shared locks, then the keys in order, waiting for each."""
+        """At the start of the transaction: the games' shared locks, then the keys in order, waiting for each; or
+        the games whole."""
         wanted = sorted(set(keys) - self.held)
+        if self.whole_games or len(wanted) > self._limit:
+            self.whole_games = True
+            self._session.execute(_LOCK_WHOLE_GAMES, {"games": sorted(set(game_ids))})
+            return
         self._session.execute(_LOCK_GAMES_AND_KEYS, {"games": sorted(set(game_ids)), "keys": wanted})
         self.held.update(wanted)
 
@@ -69,9 +87,13 @@ class PlayerLocks:
         is held by another transaction, as waiting for it here, out of order, could deadlock; a transaction that
         started again and still found more to take (the links kept changing) waits instead, and PostgreSQL's
         deadlock detector settles the rare cycle."""
+        if self.whole_games:
+            return False
         missing = identity_keys(game_id, user_ids, anonymous_ids, emails) - self.held
         if not missing:
             return False
+        if len(self.held) + len(missing) > self._limit:  # the next attempt locks the games whole
+            raise LocksNeeded(frozenset(self.held | missing))
         if self._wait_to_cover:
             self._session.execute(_LOCK, {"keys": sorted(missing)})
         elif not self._session.execute(_TRY_LOCK, {"keys": sorted(missing)}).scalar():
