@@ -19,14 +19,14 @@ _LOCK_GAMES_AND_KEYS = text(
 ).bindparams(bindparam("games", type_=ARRAY(String)), bindparam("keys", type_=ARRAY(BigInteger)))
 _LOCK = text("SELECT count(pg_advisory_xact_lock(key)) FROM unnest(:keys) AS key").bindparams(
     bindparam("keys", type_=ARRAY(BigInteger)))
-# Sorted, as the identities are; taken as the first lock of a transaction.
+_TRY_LOCK = text("SELECT bool_and(pg_try_advisory_xact_lock(key)) FROM unnest(:keys) AS key").bindparams(
+    bindparam("keys", type_=ARRAY(BigInteger)))
+# The games alone, exclusively and sorted, as a transaction's first locks (see PlayerLocks).
 _LOCK_WHOLE_GAMES = text(
     "SELECT count(pg_advisory_xact_lock(hashtext(game))) FROM unnest(:games) AS game"
 ).bindparams(bindparam("games", type_=ARRAY(String)))
 # PostgreSQL's code for a full shared lock table.
 LOCK_TABLE_FULL = "53200"
-_TRY_LOCK = text("SELECT bool_and(pg_try_advisory_xact_lock(key)) FROM unnest(:keys) AS key").bindparams(
-    bindparam("keys", type_=ARRAY(BigInteger)))
 
 
 class LocksNeeded(Exception):  # not an error: a request to start again
