@@ -130,7 +130,7 @@ def main() -> None:
         "measured in the same run. Prints a table and writes bench/results.json.")
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"benchmarks to run, of {', '.join(BENCHMARKS)} (default: all)")
-    parser.add_argument("--quick", action="store_true", help="scaled-down counts: a smoke run of a minute or two")
+    parser.add_argument("--quick", action="store_true", help="scaled-down counts: a smoke run of a few minutes")
     parser.add_argument("--database-url", default="",
                         help="PostgreSQL server to benchmark on, such as postgresql+asyncpg://postgres@127.0.0.1:5432/ "
                              "(each benchmark creates and drops its own database); default SQLite files")
