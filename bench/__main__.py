@@ -105,16 +105,17 @@ async def run(names: list[str], opts: Options, rounds: int) -> list[Result]:
         its_rounds: list[Result] = []
         try:
             for number in range(1, (rounds if name in ROUNDS_OF else 1) + 1):
-                # Each round on fresh databases and server directories of its own.
-                round_dir = opts.work_dir / f"round-{number}" if number > 1 else opts.work_dir
-                round_dir.mkdir(exist_ok=True)
+                # Each benchmark and round on fresh databases and server directories of its own (a SQLite file
+                # left by the benchmark before would already hold its config).
+                round_dir = opts.work_dir / name / f"round-{number}"
+                round_dir.mkdir(parents=True, exist_ok=True)
                 its_rounds.append(await BENCHMARKS[name](dataclasses.replace(opts, work_dir=round_dir)))
                 if name in ROUNDS_OF:
                     print(f"bench: {name} round {number}: {_figure(its_rounds[-1])} (ceiling "
                           f"{_ceiling(its_rounds[-1])}, ratio {_ratio(its_rounds[-1])})", file=sys.stderr, flush=True)
         except Exception:
             print(f"bench: {name} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-            _print_server_errors(opts.work_dir)
+            _print_server_errors(opts.work_dir / name)
             continue
         result = median_of_rounds(its_rounds)
         result.details["bench_seconds"] = round(time.monotonic() - started, 1)
