@@ -76,21 +76,26 @@ def _time(us: int | None) -> str:
 
 
 async def keys(settings: settings_module.Settings, args: argparse.Namespace) -> None:
-    """`keys create --kind ingest --game G`, `keys create --kind admin [--game G ...]`, `keys list`, `keys revoke ID`."""
+    """`keys create --kind ingest --game G`, `keys create --kind admin [--game G ...]`,
+    `keys create --kind publishable --game G --origin https://www.mygame.com [--origin ...]`, `keys list`,
+    `keys revoke ID`."""
     # These commands seal nothing: a throwaway key keeps them from creating or needing the secret key file.
     async with _offline_context(settings, SecretBox([new_secret_key()])) as ctx:
         if args.action == "create":
             games = [translate.parse_game(f"games/{g}", "--game") for g in args.game]
-            key, view = await api_keys.create_key(ctx, KeyKind(args.kind), games, args.label)
+            key, view = await api_keys.create_key(ctx, KeyKind(args.kind), games, args.label, args.origin)
             scope = ", ".join(f"games/{g}" for g in view.games) or "every game"
+            if view.origins:
+                scope += f", from {', '.join(view.origins)}"
             print(key)
             print(f"postbacks: created {view.kind} key {view.key_id} for {scope}. This is the only time the key is "
                   "shown: the service keeps only its hash.", file=sys.stderr)
         elif args.action == "list":
             print(f"{'ID':<10}{'KIND':<13}{'CREATED':<22}{'REVOKED':<22}{'GAMES':<24}LABEL")
             for view in await api_keys.list_keys(ctx):
+                origins = f" (origins: {' '.join(view.origins)})" if view.origins else ""
                 print(f"{view.key_id:<10}{view.kind:<13}{_time(view.create_time_us):<22}"
-                      f"{_time(view.revoke_time_us):<22}{','.join(view.games) or '*':<24}{view.label}")
+                      f"{_time(view.revoke_time_us):<22}{','.join(view.games) or '*':<24}{view.label}{origins}")
         else:
             view = await api_keys.revoke_key(ctx, args.key_id)
             print(f"postbacks: key {view.key_id} is revoked; servers refuse it within "
@@ -125,18 +130,23 @@ def main(argv: list[str] | None = None) -> None:
                         choices=("serve", "migrate", "keys", "rotate-secret-key"))
     parser.add_argument("action", nargs="?", choices=("create", "list", "revoke"), help="keys: what to do")
     parser.add_argument("key_id", nargs="?", help="keys revoke: the key's id, as `keys list` shows it")
-    parser.add_argument("--kind", choices=(KeyKind.INGEST.value, KeyKind.ADMIN.value),
-                        help="keys create: ingest (events of one game) or admin (configs, logs, erasure, settings)")
+    parser.add_argument("--kind", choices=(KeyKind.INGEST.value, KeyKind.ADMIN.value, KeyKind.PUBLISHABLE.value),
+                        help="keys create: ingest (events of one game), admin (configs, logs, erasure, settings) or "
+                             "publishable (public: clicks, identifies and launches of one game from its --origin "
+                             "pages and game clients, over HTTP)")
     parser.add_argument("--game", action="append", default=[],
                         help="keys create: a game the key is for; once for an ingest key, any number for an admin "
                              "key (none: every game)")
+    parser.add_argument("--origin", action="append", default=[],
+                        help="keys create --kind publishable: a web origin whose pages may use the key, such as "
+                             "https://www.mygame.com; repeat for each")
     parser.add_argument("--label", default="", help="keys create: a note shown by `keys list`")
     settings_module.add_arguments(parser)
     args = parser.parse_args(argv)
     if (args.command == "keys") != (args.action is not None):
         parser.error("`keys` takes one of create, list, revoke; other commands take no action")
     if args.action == "create" and not args.kind:
-        parser.error("keys create needs --kind ingest or --kind admin")
+        parser.error("keys create needs --kind ingest, --kind admin or --kind publishable")
     if (args.action == "revoke") != (args.key_id is not None):
         parser.error("keys revoke takes exactly one key id")
     settings = settings_module.from_namespace(args)

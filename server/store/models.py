@@ -228,6 +228,7 @@ class ApiKey(Base):
     key_sha256: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(16))  # KeyKind
     games: Mapped[str] = mapped_column(Text)  # comma-separated game ids; empty: every game
+    origins: Mapped[str] = mapped_column(Text, server_default="")  # publishable keys: comma-separated web origins
     label: Mapped[str] = mapped_column(String(200))
     create_time_us: Mapped[int] = mapped_column(BigInteger)
     revoke_time_us: Mapped[int | None] = mapped_column(BigInteger)
