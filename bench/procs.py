@@ -49,7 +49,8 @@ class ServerProcess:
         """`python -m server` on a free port of 127.0.0.1, in development mode for its full-access key."""
         data_dir.mkdir(parents=True, exist_ok=True)
         key_file = data_dir / "dev.key"
-        argv = [PYTHON, "-m", module, "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
+        argv = [PYTHON, "-m", module, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+                "--data-dir", str(data_dir),
                 "--database-url", database_url, "--dev-key-file", str(key_file), "--role", role]
         if tiktok_base_url:
             argv += ["--tiktok-base-url", tiktok_base_url]

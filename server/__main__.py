@@ -43,7 +43,8 @@ async def serve(settings: settings_module.Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"postbacks: serving gRPC on port {app.port}; Ctrl-C to stop", flush=True)
+    http = f", HTTP (Connect, pixel) on port {app.http_port}" if app.http_port else ""
+    print(f"postbacks: serving gRPC on port {app.port}{http}; Ctrl-C to stop", flush=True)
     if app.dev_key:
         print(f"postbacks: development mode; full-access key (kept in {settings.dev_key_file}): {app.dev_key}",
               flush=True)

@@ -21,13 +21,14 @@ from postbacks.v1 import (
     privacy_service_pb2,
     privacy_service_pb2_grpc,
 )
-from server.api.auth import AuthInterceptor
+from server.api.auth import Authenticator, AuthInterceptor, StreamSlots
 from server.api.configs import PostbackConfigServicer
 from server.api.delivery_logs import DeliveryLogServicer
 from server.api.errors import ErrorInterceptor
 from server.api.events import EventServicer
 from server.api.game_settings import GameSettingsServicer
 from server.api.privacy import PrivacyServicer
+from server.core.client_address import parse_networks
 from server.delivery.dispatcher import Dispatcher, new_owner_id
 from server.delivery.network_client import NetworkClient
 from server.metrics import MetricsServer
@@ -38,6 +39,9 @@ from server.services.ingest import GroupCommitter
 from server.services.log_tail import LogTail
 from server.settings import Settings
 from server.store.db import Database
+from server.web.connect import connect_applications
+from server.web.http_api import HttpApi, OriginList
+from server.web.server import HttpServer
 
 log = logging.getLogger("postbacks")
 
@@ -84,6 +88,8 @@ class App:
         self._log_purge_task: asyncio.Task[None] | None = None
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
+        self.http_server: HttpServer | None = None
+        self.http_port: int | None = None
         # Development mode only: the full-access key kept in settings.dev_key_file.
         self.dev_key: str | None = None
 
@@ -96,10 +102,11 @@ class App:
         await self.network_client.start()
         if self.settings.dev_key_file:
             self.dev_key = await self._development_key()
-        auth = AuthInterceptor(lambda key_sha256: api_keys.find_grant(self.ctx, key_sha256),
-                               cache_s=self.settings.api_key_cache_s,
-                               development_mode=bool(self.settings.dev_key_file),
-                               max_streams_per_key=self.settings.max_streams_per_key)
+        authenticator = Authenticator(lambda key_sha256: api_keys.find_grant(self.ctx, key_sha256),
+                                      cache_s=self.settings.api_key_cache_s,
+                                      development_mode=bool(self.settings.dev_key_file))
+        stream_slots = StreamSlots(self.settings.max_streams_per_key)
+        auth = AuthInterceptor(authenticator, stream_slots)
         # The error interceptor comes first so that it turns the auth interceptor's refusals into rich status.
         server = grpc.aio.server(
             interceptors=[ErrorInterceptor(), auth],
@@ -107,14 +114,21 @@ class App:
         )
         api_services = SERVICE_NAMES if self.settings.role != "dispatcher" else ()  # a dispatcher serves health only
         if api_services:
-            event_service_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(self.ctx, GroupCommitter(self.ctx)), server)
-            postback_config_service_pb2_grpc.add_PostbackConfigServiceServicer_to_server(
-                PostbackConfigServicer(self.ctx), server)
-            game_settings_service_pb2_grpc.add_GameSettingsServiceServicer_to_server(
-                GameSettingsServicer(self.ctx), server)
-            delivery_log_service_pb2_grpc.add_DeliveryLogServiceServicer_to_server(
-                DeliveryLogServicer(self.ctx, self.log_tail, self.settings.log_stream_heartbeat_s), server)
-            privacy_service_pb2_grpc.add_PrivacyServiceServicer_to_server(PrivacyServicer(self.ctx), server)
+            # One servicer per service answers both transports.
+            servicers = {
+                "events": EventServicer(self.ctx, GroupCommitter(self.ctx)),
+                "configs": PostbackConfigServicer(self.ctx),
+                "game_settings": GameSettingsServicer(self.ctx),
+                "delivery_logs": DeliveryLogServicer(self.ctx, self.log_tail, self.settings.log_stream_heartbeat_s),
+                "privacy": PrivacyServicer(self.ctx),
+            }
+            event_service_pb2_grpc.add_EventServiceServicer_to_server(servicers["events"], server)
+            postback_config_service_pb2_grpc.add_PostbackConfigServiceServicer_to_server(servicers["configs"], server)
+            game_settings_service_pb2_grpc.add_GameSettingsServiceServicer_to_server(servicers["game_settings"], server)
+            delivery_log_service_pb2_grpc.add_DeliveryLogServiceServicer_to_server(servicers["delivery_logs"], server)
+            privacy_service_pb2_grpc.add_PrivacyServiceServicer_to_server(servicers["privacy"], server)
+            if self.settings.http_listen:
+                self.http_server = self._http_server(servicers, authenticator, stream_slots)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*api_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -125,6 +139,8 @@ class App:
             raise RuntimeError(f"could not listen on {self.settings.listen}")
         await server.start()
         self.server = server
+        if self.http_server is not None:
+            self.http_port = await self.http_server.start()
         self.log_tail.start()
         self._log_purge_task = asyncio.create_task(
             delivery_logs.purge_expired_logs_periodically(self.ctx, self.settings.log_purge_interval_s),
@@ -137,8 +153,25 @@ class App:
             self.dispatcher.start()
         for name in ("", *api_services):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving on port %d (database %s)", self.port, self.db.url.render_as_string(hide_password=True))
+        log.info("serving gRPC on port %d%s (database %s)", self.port,
+                 f", HTTP on port {self.http_port}" if self.http_port else "",
+                 self.db.url.render_as_string(hide_password=True))
         return self.port
+
+    def _http_server(self, servicers: dict[str, object], authenticator: Authenticator,
+                     stream_slots: StreamSlots) -> HttpServer:
+        settings = self.settings
+        try:
+            trusted_proxies = parse_networks(settings.trusted_proxy)
+        except ValueError as e:
+            raise ValueError(f"trusted_proxy: {e}") from None
+        api = HttpApi(connect_applications(servicers, stream_slots, settings.max_receive_message_bytes),
+                      authenticator,
+                      OriginList(lambda: api_keys.publishable_origins(self.ctx), settings.api_key_cache_s),
+                      trusted_proxies=trusted_proxies, rate_per_ip=settings.publishable_rate_per_ip,
+                      rate_per_key=settings.publishable_rate_per_key,
+                      max_body_bytes=settings.max_receive_message_bytes)
+        return HttpServer(api, settings.http_listen, shutdown_grace_s=settings.shutdown_grace_s)
 
     def _add_port(self, server: grpc.aio.Server) -> int:
         """TLS when a certificate and key are configured, plaintext otherwise."""
@@ -167,7 +200,8 @@ class App:
         # Log streams never end on their own: end them now so they do not hold the whole grace period.
         self.log_tail.close()
         if self.server is not None:
-            await self.server.stop(grace)
+            await asyncio.gather(self.server.stop(grace),
+                                 self.http_server.stop() if self.http_server is not None else asyncio.sleep(0))
         await self.log_tail.stop()
         if self._log_purge_task is not None:
             self._log_purge_task.cancel()

@@ -17,6 +17,8 @@ def _setting(default: Any, help_text: str, **extra: Any) -> Any:
 @dataclass(frozen=True)
 class Settings:
     listen: str = _setting("127.0.0.1:50051", "address the gRPC server listens on (host:port; port 0 picks a free one)")
+    http_listen: str = _setting("127.0.0.1:8080", "address the HTTP API (Connect protocol, JSON or binary) and the web "
+                                                  "pixel listen on (host:port; port 0 picks a free one; off when empty)")
     data_dir: str = _setting("data", "directory for the embedded SQLite database and the generated secret key")
     database_url: str = _setting("", "SQLAlchemy URL; default sqlite+aiosqlite:///<data_dir>/postbacks.db. "
                                      "PostgreSQL: postgresql+asyncpg://user@host/db")
@@ -69,6 +71,12 @@ class Settings:
                                            "within this time")
     max_receive_message_bytes: int = _setting(4 * 1024 * 1024, "largest request message accepted, in bytes")
     max_streams_per_key: int = _setting(8, "open StreamDeliveryLogs streams allowed per API key at once, per server")
+    trusted_proxy: str = _setting("", "comma-separated CIDRs of the proxies in front of the HTTP API whose "
+                                      "X-Forwarded-For is believed (publishable keys: the client address)")
+    publishable_rate_per_ip: float = _setting(20.0, "publishable keys: requests per second per client address, per "
+                                                    "server (bursts of twice as many)")
+    publishable_rate_per_key: float = _setting(1000.0, "publishable keys: requests per second per key, per server "
+                                                       "(bursts of twice as many)")
 
     @property
     def resolved_database_url(self) -> str:

@@ -90,6 +90,7 @@ def test_settings(tmp_path, database_url: str, fake: FakeAdNetwork, **overrides)
     return Settings(**{
         "dev_key_file": str(tmp_path / "data" / "dev.key"),
         "listen": "127.0.0.1:0",
+        "http_listen": "127.0.0.1:0",
         "data_dir": str(tmp_path / "data"),
         "database_url": database_url,
         "tiktok_base_url": fake.tiktok_base_url,

@@ -36,7 +36,7 @@ async def test_database_file_is_private(tmp_path, sqlite_url, fake_network) -> N
 
 async def test_python_dash_m_server_serves_and_stops_on_sigterm(tmp_path) -> None:  # type: ignore[no-untyped-def]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
+        sys.executable, "-m", "server", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
         "--dev-key-file", str(tmp_path / "data" / "dev.key"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:

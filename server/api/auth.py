@@ -1,19 +1,26 @@
-"""Who may call what: an interceptor that checks each call's API key against the method's scope and game."""
+"""Who may call what, whatever the transport: a call's key becomes a grant (authenticate), the grant is checked
+against the method's scope, the request's game and, for publishable keys, its events (authorize). The gRPC
+interceptor and the HTTP API both use these."""
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from server.core.access import Grant, KeyKind, Scope, bearer_key, game_of_name, is_well_formed, key_digest
-from server.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+from server.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
 
 EVENTS = frozenset({Scope.EVENTS})
 ADMIN = frozenset({Scope.ADMIN})
+INGEST = frozenset({Scope.EVENTS, Scope.CLIENT_EVENTS})
+# A page sends a click or an identify at a time; a game client batches a few. A public key gets no more.
+MAX_PUBLISHABLE_BATCH_EVENTS = 50
 
 # Anyone may ask whether the server is up and what it serves.
 OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
@@ -28,13 +35,15 @@ class MethodRule:
 
     scopes: frozenset[Scope]
     game_field: str
+    # The request's event (singular field) or events (repeated field), whose kinds a publishable key is limited to.
+    events_field: str = ""
 
 
 METHOD_RULES: dict[str, MethodRule] = {
-    f"/postbacks.v1.{method}": MethodRule(scopes, field)
-    for method, scopes, field in (
-        ("EventService/IngestEvent", EVENTS, "parent"),
-        ("EventService/BatchIngestEvents", EVENTS, "parent"),
+    f"/postbacks.v1.{method}": MethodRule(scopes, field, *events)
+    for method, scopes, field, *events in (
+        ("EventService/IngestEvent", INGEST, "parent", "event"),
+        ("EventService/BatchIngestEvents", INGEST, "parent", "events"),
         # Support answers "why didn't my conversion reach TikTok?" with its admin key too.
         ("EventService/GetConversion", EVENTS | ADMIN, "name"),
         ("PostbackConfigService/CreatePostbackConfig", ADMIN, "parent"),
@@ -94,6 +103,80 @@ def _request_field(request: Any, path: str) -> str:
     return value  # type: ignore[no-any-return]
 
 
+def request_events(rule: MethodRule, request: Any) -> list[Any]:
+    """The events a request carries, by the method's rule: none, one or a batch."""
+    if not rule.events_field:
+        return []
+    value = getattr(request, rule.events_field)
+    if isinstance(value, Message):
+        return [value]
+    return list(value)
+
+
+def authorize(grant: Grant, rule: MethodRule, request: Any, *, over_http: bool) -> None:
+    """Refuses (PERMISSION_DENIED) a call the grant does not allow: another scope or game, and for a publishable
+    key, anything but the HTTP API and the events a client observes, at most MAX_PUBLISHABLE_BATCH_EVENTS at once."""
+    if grant.is_publishable and not over_http:
+        raise PermissionDenied("a publishable key works only over the HTTP API (--http-listen), where its origins and "
+                               "rate limits apply; from a server, use an ingest key", reason="API_KEY_NOT_ALLOWED",
+                               metadata={"key_id": grant.key_id})
+    game = game_of_name(_request_field(request, rule.game_field))
+    if denial := grant.denial(rule.scopes, game):
+        raise PermissionDenied(denial, reason="API_KEY_NOT_ALLOWED", metadata={"key_id": grant.key_id})
+    if grant.is_publishable and rule.events_field:
+        events = request_events(rule, request)
+        if denial := grant.event_kind_denial(event.WhichOneof("kind") for event in events):
+            raise PermissionDenied(denial, reason="EVENT_KIND_NOT_ALLOWED", metadata={"key_id": grant.key_id})
+        if len(events) > MAX_PUBLISHABLE_BATCH_EVENTS:
+            raise InvalidArgument.single(rule.events_field, f"a publishable key may send at most "
+                                                            f"{MAX_PUBLISHABLE_BATCH_EVENTS} events at once; got "
+                                                            f"{len(events)}")
+
+
+class Authenticator:
+    """Turns a call's key into its grant; raises UNAUTHENTICATED for a missing, unknown or revoked key, and for a
+    development key on a server not in development mode."""
+
+    def __init__(self, lookup: GrantLookup, *, cache_s: float, development_mode: bool):
+        self._grants = GrantCache(lookup, cache_s)
+        self._development_mode = development_mode
+
+    async def authenticate(self, key: str | None) -> Grant:
+        if key is None:
+            raise Unauthenticated("an API key is required: send the metadata `authorization: Bearer <key>`",
+                                  reason="API_KEY_MISSING")
+        grant = await self._grants.get(key_digest(key)) if is_well_formed(key) else None
+        if grant is None:
+            raise Unauthenticated("the API key is unknown or revoked", reason="API_KEY_INVALID")
+        if grant.kind == KeyKind.DEVELOPMENT and not self._development_mode:
+            raise Unauthenticated("development keys work only on a server started in development mode "
+                                  "(--dev-key-file); use an ingest or admin key", reason="API_KEY_DEVELOPMENT_ONLY")
+        return grant
+
+
+class StreamSlots:
+    """How many log streams each key has open on this server, across transports; refuses one past the limit."""
+
+    def __init__(self, max_per_key: int):
+        self._max_per_key = max_per_key
+        self._open: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def hold(self, grant: Grant) -> Iterator[None]:
+        if self._open[grant.key_id] >= self._max_per_key:
+            raise ResourceExhausted(
+                f"too many open streams for this API key: {self._max_per_key} at once is the limit per key on this "
+                "server (setting max_streams_per_key); close one before opening another",
+                reason="TOO_MANY_STREAMS", metadata={"limit": str(self._max_per_key)})
+        self._open[grant.key_id] += 1
+        try:
+            yield
+        finally:
+            self._open[grant.key_id] -= 1
+            if not self._open[grant.key_id]:
+                del self._open[grant.key_id]
+
+
 def _call_key(context: grpc.aio.ServicerContext) -> str | None:
     for name, value in context.invocation_metadata() or ():
         if name == "authorization":
@@ -106,11 +189,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     the request's game is PERMISSION_DENIED. The check runs inside the handler, where the request is decoded and a
     raised error reaches the ErrorInterceptor, which must therefore come first in the server's interceptors."""
 
-    def __init__(self, lookup: GrantLookup, *, cache_s: float, development_mode: bool, max_streams_per_key: int):
-        self._grants = GrantCache(lookup, cache_s)
-        self._development_mode = development_mode
-        self._max_streams_per_key = max_streams_per_key
-        self._open_streams: Counter[str] = Counter()
+    def __init__(self, authenticator: Authenticator, stream_slots: StreamSlots):
+        self._authenticator = authenticator
+        self._stream_slots = stream_slots
         self._guarded: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -144,35 +225,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             grant = await self._authorize(_call_key(context), rule, request)
-            if self._open_streams[grant.key_id] >= self._max_streams_per_key:
-                raise ResourceExhausted(
-                    f"too many open streams for this API key: {self._max_streams_per_key} at once is the limit per "
-                    "key on this server (setting max_streams_per_key); close one before opening another",
-                    reason="TOO_MANY_STREAMS", metadata={"limit": str(self._max_streams_per_key)})
-            self._open_streams[grant.key_id] += 1
-            try:
+            with self._stream_slots.hold(grant):
                 async for response in inner_stream(request, context):
                     yield response
-            finally:
-                self._open_streams[grant.key_id] -= 1
-                if not self._open_streams[grant.key_id]:
-                    del self._open_streams[grant.key_id]
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer,
                                                     handler.response_serializer)
 
     async def _authorize(self, key: str | None, rule: MethodRule, request: Any) -> Grant:
-        if key is None:
-            raise Unauthenticated("an API key is required: send the metadata `authorization: Bearer <key>`",
-                                  reason="API_KEY_MISSING")
-        grant = await self._grants.get(key_digest(key)) if is_well_formed(key) else None
-        if grant is None:
-            raise Unauthenticated("the API key is unknown or revoked", reason="API_KEY_INVALID")
-        if grant.kind == KeyKind.DEVELOPMENT and not self._development_mode:
-            raise Unauthenticated("development keys work only on a server started in development mode "
-                                  "(--dev-key-file); use an ingest or admin key", reason="API_KEY_DEVELOPMENT_ONLY")
-        game = game_of_name(_request_field(request, rule.game_field))
-        if denial := grant.denial(rule.scopes, game):
-            raise PermissionDenied(denial, reason="API_KEY_NOT_ALLOWED",
-                                   metadata={"key_id": grant.key_id})
+        grant = await self._authenticator.authenticate(key)
+        authorize(grant, rule, request, over_http=False)
         return grant

@@ -1,4 +1,5 @@
-"""The one place domain errors become gRPC status: google.rpc.Status with ErrorInfo and BadRequest details."""
+"""The one place domain errors become gRPC status (google.rpc.Status) and Connect errors, both with ErrorInfo and
+BadRequest details."""
 
 import inspect
 import logging
@@ -6,7 +7,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -16,23 +19,49 @@ ERROR_DOMAIN = "postbacks.v1"
 log = logging.getLogger("postbacks.api")
 
 
-def to_status(error: DomainError) -> grpc.Status:
-    status = status_pb2.Status(code=error.code.value[0], message=error.message)
-    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN,
-                                                          metadata=error.metadata))
+def _details(error: DomainError) -> list[Message]:
+    details: list[Message] = [error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN,
+                                                          metadata=error.metadata)]
     if isinstance(error, InvalidArgument):
-        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[
+        details.append(error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
             for v in error.violations
         ]))
+    return details
+
+
+def to_status(error: DomainError) -> grpc.Status:
+    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    for detail in _details(error):
+        status.details.add().Pack(detail)
     return rpc_status.to_status(status)
+
+
+def to_connect_error(error: DomainError) -> ConnectError:
+    """The same error for the Connect protocol: its codes are gRPC's, and its JSON `details` carry each message
+    packed (`value`) and readable (`debug`)."""
+    return ConnectError(Code[error.code.name], error.message, _details(error))
+
+
+INTERNAL_MESSAGE = "internal error; the service logged the details"
+
+
+def connect_error_of(error: Exception, method: str) -> ConnectError:
+    """What a Connect caller is told of an exception: a domain error as such, anything else as INTERNAL without
+    internals (connect-python would send the exception's text)."""
+    if isinstance(error, ConnectError):
+        return error
+    if isinstance(error, DomainError):
+        return to_connect_error(error)
+    log.exception("unexpected error in %s", method, exc_info=error)
+    return ConnectError(Code.INTERNAL, INTERNAL_MESSAGE)
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
     if isinstance(error, DomainError):
         await context.abort_with_status(to_status(error))
     log.exception("unexpected error in %s", method, exc_info=error)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error; the service logged the details")
+    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
 class _Undecodable:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 
 from server.core.access import Grant, KeyKind, key_digest, new_key, normalise_key_id, normalise_origin
-from server.errors import InvalidArgument, NotFound, Violations
+from server.errors import NotFound, Violations
 from server.services.context import ServiceContext
 from server.store.models import ApiKey
 
