@@ -76,7 +76,8 @@ class Grant:
         as malformed, so nothing of any game is reached."""
         if not SCOPES_OF_KIND[self.kind] & allowed_scopes:
             needed = " or ".join(sorted(kind.value for kind, scopes in SCOPES_OF_KIND.items()
-                                        if scopes & allowed_scopes and kind != KeyKind.DEVELOPMENT))
+                                        if scopes & allowed_scopes
+                                        and kind not in (KeyKind.DEVELOPMENT, KeyKind.PUBLISHABLE)))
             return f"{_article(self.kind.value)} {self.kind.value} key may not call this method; it needs " \
                    f"{_article(needed)} {needed} key"
         if self.games and game is not None and game not in self.games:

@@ -10,7 +10,7 @@ from typing import Any
 
 from connectrpc._protocol import ConnectWireError
 
-from server.api.auth import Authenticator
+from server.api.auth import METHOD_RULES, Authenticator
 from server.api.errors import to_connect_error
 from server.core.access import Grant, bearer_key
 from server.core.client_address import Network, client_address
@@ -107,7 +107,8 @@ class HttpApi:
         headers = _headers(scope)
         if path == "/pixel.js":
             return await self._pixel(method, headers, send)
-        app = self._apps.get(path.split("/")[1]) if path.count("/") == 2 else None
+        # Only methods with an access rule are served (fail closed), as on the gRPC side.
+        app = self._apps.get(path.split("/")[1]) if path in METHOD_RULES else None
         if app is None:
             return await _plain(send, 404, b"not found\n")
         origin = headers.get(b"origin", b"").decode("latin-1")
