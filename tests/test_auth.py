@@ -214,6 +214,27 @@ async def test_key_commands_create_list_and_revoke_and_store_only_a_hash(app: Ap
     assert line.split()[3] != "-"  # the revocation time
 
 
+async def test_publishable_keys_are_created_for_one_game_and_listed_origins(app: App) -> None:
+    code, out, err = await run_cli(app, "keys", "create", "--kind", "publishable", "--game", "a",
+                                   "--origin", "https://www.MyGame.com/", "--origin", "http://localhost:8000")
+    assert code == 0, err
+    key_id = out.strip().split("_")[1]
+    assert "from http://localhost:8000, https://www.mygame.com" in err
+    code, listing, err = await run_cli(app, "keys", "list")
+    (line,) = [line for line in listing.splitlines() if line.startswith(key_id)]
+    assert "publishable" in line and "origins: http://localhost:8000 https://www.mygame.com" in line
+
+    for args, problem in (
+        (["--game", "a"], "needs at least one origin"),
+        (["--game", "a", "--origin", "https://www.mygame.com/landing"], "must be a web origin"),
+        (["--game", "a", "--game", "b", "--origin", "https://www.mygame.com"], "exactly one game"),
+    ):
+        code, _, err = await run_cli(app, "keys", "create", "--kind", "publishable", *args)
+        assert code != 0 and problem in err, (args, err)
+    code, _, err = await run_cli(app, "keys", "create", "--kind", "ingest", "--game", "a", "--origin", "https://x.com")
+    assert code != 0 and "only a publishable key" in err
+
+
 async def test_the_development_key_is_owner_only_reused_and_refused_outside_development_mode(
         tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
     settings = settings_for(tmp_path, database_url, fake_network)
