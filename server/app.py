@@ -171,7 +171,8 @@ class App:
                       trusted_proxies=trusted_proxies, rate_per_ip=settings.publishable_rate_per_ip,
                       rate_per_key=settings.publishable_rate_per_key,
                       max_body_bytes=settings.max_receive_message_bytes)
-        return HttpServer(api, settings.http_listen, shutdown_grace_s=settings.shutdown_grace_s)
+        return HttpServer(api, settings.http_listen, shutdown_grace_s=settings.shutdown_grace_s,
+                          tls_cert_file=settings.tls_cert_file, tls_key_file=settings.tls_key_file)
 
     def _add_port(self, server: grpc.aio.Server) -> int:
         """TLS when a certificate and key are configured, plaintext otherwise."""

@@ -27,12 +27,14 @@ class HttpServer:
     """uvicorn's server started and stopped by the App: it installs no signal handlers (the process's own
     handlers stop the App, which stops this), and binds its socket first so that port 0 tells its port."""
 
-    def __init__(self, app: HttpApi, listen: str, *, shutdown_grace_s: float):
+    def __init__(self, app: HttpApi, listen: str, *, shutdown_grace_s: float, tls_cert_file: str = "",
+                 tls_key_file: str = ""):
         self._listen = listen
         self._config = uvicorn.Config(
             app, loop="none", http="httptools", lifespan="off", log_config=None, access_log=False,
             server_header=False, proxy_headers=False,  # server.core.client_address decides whom to believe
             timeout_graceful_shutdown=max(1, round(shutdown_grace_s)),
+            ssl_certfile=tls_cert_file or None, ssl_keyfile=tls_key_file or None,
         )
         self._server = uvicorn.Server(self._config)
         self._socket: socket.socket | None = None
