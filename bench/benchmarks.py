@@ -125,7 +125,7 @@ def median_of_rounds(rounds: list[Result]) -> Result:
 
 
 _ROUND_DETAILS = ("without_storage_per_second", "without_storage_ratio", "server_cpu_per_event_us",
-                  "dispatcher_cpu_per_postback_us")
+                  "dispatcher_cpu_per_postback_us", "ceiling_cpu_per_call_us", "without_storage_cpu_per_event_us")
 
 
 @contextlib.asynccontextmanager

@@ -115,14 +115,30 @@ async def run(opts: "Options") -> "Result":
         ceiling, client_command = await _load(noop.http_port, script, "run", duration_s)
         ceiling_cpu = noop.cpu_seconds() - cpu_before
 
+    # The real server with storage cut out: how much of the gap to the ceiling is the HTTP front, authorization,
+    # validation and the answer rather than the transaction.
+    async with fresh_database(opts.database_url, opts.work_dir / "http-shell-db") as url:
+        shell = ServerProcess.postbacks(opts.work_dir / "http-shell", url, role=opts.ingest_role,
+                                        module="bench.shell_server")
+        async with shell:
+            script = _script(work, shell.key)
+            await _load(shell.http_port, script, "warm", warmup_s)
+            cpu_before = shell.cpu_seconds()
+            shell_report, _ = await _load(shell.http_port, script, "run", duration_s)
+            shell_cpu = shell.cpu_seconds() - cpu_before
+
+    profiler = opts.profiler("ingest-http")
     async with fresh_database(opts.database_url, opts.work_dir / "http-db") as url:
-        server = ServerProcess.postbacks(opts.work_dir / "http-server", url, role=opts.ingest_role)
+        server = ServerProcess.postbacks(opts.work_dir / "http-server", url, role=opts.ingest_role,
+                                         **opts.instrument("ingest-http"))
         async with server:
             script = _script(work, server.key)
             await _load(server.http_port, script, "warm", warmup_s)
+            await profiler.start(server.pid)
             cpu_before = server.cpu_seconds()
             real, _ = await _load(server.http_port, script, "run", duration_s)
             server_cpu = server.cpu_seconds() - cpu_before
+            profile = await profiler.finish()
         stored = await _stored(url)
     return Result(
         name="ingest-http", title=f"JSON IngestEvent over HTTP/1.1 acknowledged events/s, {CONNECTIONS} keep-alive "
@@ -130,6 +146,7 @@ async def run(opts: "Options") -> "Result":
         figure=real["per_second"], unit="events/s", ceiling=ceiling["per_second"],
         ceiling_label="no-op Connect handler, same uvicorn and client", target="≥ 0.5 of ceiling", met=None,
         min_ratio=0.5, command=opts.command("ingest-http"), quick=opts.quick, database=opts.database_kind,
+        profile=profile,
         errors=real["status_errors"] + real["socket_errors"],
         details={
             "server": opts.shown(server.command, server.key), "ceiling_server": opts.shown(noop.command),
@@ -138,4 +155,8 @@ async def run(opts: "Options") -> "Result":
             "server_cpu_per_event_us": round(1e6 * server_cpu / max(1, real["acknowledged"]), 1),
             "ceiling_cpu_per_call_us": round(1e6 * ceiling_cpu / max(1, ceiling["acknowledged"]), 1),
             "request_p50_ms": real["p50_ms"], "request_p99_ms": real["p99_ms"],
+            "without_storage_server": opts.shown(shell.command, shell.key),
+            "without_storage_per_second": shell_report["per_second"],
+            "without_storage_ratio": round(shell_report["per_second"] / ceiling["per_second"], 3),
+            "without_storage_cpu_per_event_us": round(1e6 * shell_cpu / max(1, shell_report["acknowledged"]), 1),
         })
