@@ -32,7 +32,7 @@ class HttpCall:
     """What the HTTP front (server.web.http_api) learnt of a call before its body was read."""
 
     grant: Grant
-    client_address: str
+    client_address: str  # publishable keys only: the caller's own address
     user_agent: str
 
 

@@ -134,11 +134,11 @@ class HttpApi:
         authorization = headers.get(b"authorization")
         grant = await self._authenticator.authenticate(bearer_key(authorization.decode("latin-1"))
                                                        if authorization else None)
-        peer = scope.get("client") or ("", 0)
-        forwarded_for = [headers[b"x-forwarded-for"].decode("latin-1")] if b"x-forwarded-for" in headers else []
-        address = client_address(peer[0], forwarded_for, self._trusted_proxies)
-        limit = self._max_body_bytes
-        if grant.is_publishable:
+        limit, address = self._max_body_bytes, ""
+        if grant.is_publishable:  # only a public key's caller is known by its address
+            peer = scope.get("client") or ("", 0)
+            forwarded_for = [headers[b"x-forwarded-for"].decode("latin-1")] if b"x-forwarded-for" in headers else []
+            address = client_address(peer[0], forwarded_for, self._trusted_proxies)
             self._check_publishable(grant, origin, address)
             limit = min(limit, MAX_PUBLISHABLE_BODY_BYTES)
         length = headers.get(b"content-length", b"0")
