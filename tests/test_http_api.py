@@ -385,6 +385,27 @@ async def test_publishable_keys_are_rate_limited_per_address_and_per_key(tmp_pat
                                 key=other_key, headers={"origin": SITE}))[0] == 200
 
 
+async def test_a_body_past_the_limit_is_refused_as_it_streams_in(tmp_path, database_url, fake_network, http) -> None:  # type: ignore[no-untyped-def]
+    # No content-length (chunked): the size shows only while the body is read.
+    settings = settings_for(tmp_path, database_url, fake_network, max_receive_message_bytes=32 * 1024)
+    async with running_app(settings) as app:
+        key = await publishable_key(app)
+        body = json.dumps(click_request("big", userAgent="x" * (100 * 1024))).encode()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(body), 8192):
+                yield body[start:start + 8192]
+
+        for authorization, limit in ((f"Bearer {key}", 32 * 1024), (f"Bearer {app.dev_key}", 32 * 1024)):
+            async with http.post(f"http://127.0.0.1:{app.http_port}/postbacks.v1.EventService/IngestEvent",
+                                 data=chunks(), headers={"content-type": "application/json", "origin": SITE,
+                                                         "authorization": authorization}) as response:
+                reply = await response.json()
+            assert (response.status, reply["code"]) == (429, "resource_exhausted")
+            assert connect_error_details(reply)["google.rpc.ErrorInfo"]["metadata"]["limit_bytes"] == str(limit)
+        assert await stored(app, "g", "big") is None
+
+
 @pytest.mark.parametrize(("trusted_proxy", "forwarded_for", "address"), [
     ("", "203.0.113.9", "127.0.0.1"),  # no proxy configured: the header is the client's own claim
     ("10.0.0.0/8", "203.0.113.9", "127.0.0.1"),  # the peer is not a configured proxy
