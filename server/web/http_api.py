@@ -134,6 +134,11 @@ class HttpApi:
         authorization = headers.get(b"authorization")
         grant = await self._authenticator.authenticate(bearer_key(authorization.decode("latin-1"))
                                                        if authorization else None)
+        if origin and not grant.is_publishable:
+            # Browsers send Origin and servers do not: a secret key in a web page is readable by every visitor.
+            raise PermissionDenied("a secret key was sent from a web page, where every visitor can read it: revoke "
+                                   "it (keys revoke), and use a publishable key in pages", reason="SECRET_KEY_IN_PAGE",
+                                   metadata={"key_id": grant.key_id})
         limit, address = self._max_body_bytes, ""
         if grant.is_publishable:  # only a public key's caller is known by its address
             peer = scope.get("client") or ("", 0)
