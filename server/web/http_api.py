@@ -59,16 +59,15 @@ class OriginList:
 class _BodyLimit:
     """The request body, read at most `limit` bytes far: a larger one is refused as soon as it shows."""
 
-    def __init__(self, receive: Receive, limit: int, error: DomainError):
+    def __init__(self, receive: Receive, limit: int):
         self._receive = receive
-        self._left = limit
-        self._error = error
+        self._limit = self._left = limit
 
     async def __call__(self) -> dict[str, Any]:
         message = await self._receive()
         self._left -= len(message.get("body", b""))
         if self._left < 0:
-            raise to_connect_error(self._error)
+            raise to_connect_error(_too_large(self._limit))
         return message
 
 
@@ -124,7 +123,7 @@ class HttpApi:
             return await _error(send, e, cors)
         token = CURRENT_CALL.set(call)
         try:
-            await app(scope, _BodyLimit(receive, body_limit, _too_large(body_limit)), _with_headers(send, cors))
+            await app(scope, _BodyLimit(receive, body_limit), _with_headers(send, cors))
         finally:
             CURRENT_CALL.reset(token)
 
