@@ -169,6 +169,29 @@ async def test_a_log_stream_sends_its_backlog_with_resume_tokens(app: App, http,
     assert all(m["resumeToken"] for m in messages)
 
 
+async def test_stopping_the_server_ends_an_open_http_log_stream(tmp_path, database_url, fake_network, http) -> None:  # type: ignore[no-untyped-def]
+    app = App(settings_for(tmp_path, database_url, fake_network))
+    await app.start()
+    stopped = False
+    try:
+        request = b'{"parent": "games/g"}'
+        async with http.post(f"http://127.0.0.1:{app.http_port}/postbacks.v1.DeliveryLogService/StreamDeliveryLogs",
+                             data=struct.pack(">BI", 0, len(request)) + request,
+                             headers={"content-type": "application/connect+json",
+                                      "authorization": f"Bearer {app.dev_key}"}) as response:
+            flags, length = struct.unpack(">BI", await asyncio.wait_for(response.content.readexactly(5), 15))
+            live = json.loads(await response.content.readexactly(length))
+            assert flags == 0 and live["resumeToken"]  # the stream is live
+            await asyncio.wait_for(app.stop(grace_s=5), 30)
+            stopped = True
+            rest = await asyncio.wait_for(response.content.read(), 15)
+        (end_flags, end), = stream_frames(rest)
+        assert end_flags == 2 and "error" not in end  # ended cleanly, not cut off
+    finally:
+        if not stopped:
+            await app.stop(grace_s=0.5)
+
+
 async def test_binary_protobuf_works_too(app: App, http) -> None:  # type: ignore[no-untyped-def]
     request = event_service_pb2.IngestEventRequest(parent="games/g")
     request.event.event_id, request.event.user_id = "launch-bin", "p"
