@@ -314,3 +314,23 @@ async def test_oversized_fields_are_refused_by_name(channel) -> None:  # type: i
     assert "names 5000 fields; at most 16" in (many_paths.details() or "")
     assert len(many_paths.details() or "") < 2000  # the answer does not grow with the request
     assert len(long_path.details() or "") < 500
+
+
+async def test_concurrent_calls_are_each_judged_by_their_own_key(app: App) -> None:
+    """The key is checked before the request is read and the game after: each call's own grant must reach its handler,
+    however the calls of several keys interleave."""
+    own, other = await make_key(app, KeyKind.INGEST, "a"), await make_key(app, KeyKind.INGEST, "b")
+    async with key_channel(app.port, None) as ch:  # type: ignore[arg-type]
+        async def call(i: int) -> grpc.StatusCode:
+            key = (own, other, None)[i % 3]
+            try:
+                await events(ch).IngestEvent(event_service_pb2.IngestEventRequest(
+                    parent="games/a", event=launch(f"l{i}", user_id="p")),
+                    metadata=(("authorization", f"Bearer {key}"),) if key else ())
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+            return grpc.StatusCode.OK
+
+        codes = await asyncio.gather(*(call(i) for i in range(150)))
+    expected = (grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+    assert [c for i, c in enumerate(codes) if c != expected[i % 3]] == []
