@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
+from server.core import limits
 from server.core.access import Grant, KeyKind, key_digest, new_key, normalise_key_id
 from server.errors import InvalidArgument, NotFound
 from server.services.context import ServiceContext
@@ -37,6 +38,8 @@ async def create_key(ctx: ServiceContext, kind: KeyKind, games: Iterable[str], l
     games = tuple(sorted(set(games)))
     if kind == KeyKind.INGEST and len(games) != 1:
         raise InvalidArgument.single("games", "an ingest key is bound to exactly one game")
+    if len(label) > limits.API_KEY_LABEL:
+        raise InvalidArgument.single("label", f"must be at most {limits.API_KEY_LABEL} characters")
     key, key_id = new_key()
     row = ApiKey(key_id=key_id, key_sha256=key_digest(key), kind=kind.value, games=",".join(games), label=label,
                  create_time_us=ctx.clock(), revoke_time_us=None)
