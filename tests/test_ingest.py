@@ -153,3 +153,30 @@ async def test_concurrent_single_ingests_share_commits_without_losing_or_doublin
     assert sorted(r.duplicate for r in results[200:]) == [False, True, True, True, True]
     again = await asyncio.gather(*(ingest(channel, f"game-{i % 3}", e) for i, e in enumerate(events)))
     assert all(r.duplicate and not r.payload_mismatch for r in again)
+
+
+@pytest.mark.parametrize(("url", "parameter"), [
+    ("https://game.example/?ttclid=" + "a" * 513, "ttclid"),
+    ("https://game.example/?utm_source=x&rdt_cid=" + "r" * 600 + "&utm_campaign=y", "rdt_cid"),
+    ("https://game.example/?ttclid=ab%00cd", "ttclid"),  # decoded, a NUL: PostgreSQL cannot store it
+    ("https://game.example/?rdt_cid=%1B%5B2J", "rdt_cid"),
+])
+async def test_a_click_id_taken_from_the_landing_url_has_the_click_ids_bounds(channel, url, parameter) -> None:  # type: ignore[no-untyped-def]
+    assert len(url) <= 2048  # the URL itself is within its own limit
+    for network in (network_pb2.NETWORK_UNSPECIFIED, network_pb2.NETWORK_TIKTOK if parameter == "ttclid"
+                    else network_pb2.NETWORK_REDDIT):
+        event = click("c-long", anonymous_id="v", network=network, landing_url=url)
+        batch = [click("c-ok", anonymous_id="v", landing_url="https://game.example/?ttclid=" + "a" * 512), event]
+        for call, field in ((stub(channel).IngestEvent(event_service_pb2.IngestEventRequest(parent="games/g", event=event)),
+                             "event.ad_click.landing_url"),
+                            (stub(channel).BatchIngestEvents(event_service_pb2.BatchIngestEventsRequest(
+                                parent="games/g", events=batch)), "events[1].ad_click.landing_url")):
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await call
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert parameter in field_violations(error.value)[field]
+    # At its limit, a click id from the URL is kept whole.
+    kept = await stub(channel).BatchIngestEvents(event_service_pb2.BatchIngestEventsRequest(parent="games/g", events=[
+        click("c-512", anonymous_id="v2", landing_url="https://game.example/?ttclid=" + "a" * 512),
+        launch("l-512", anonymous_id="v2")]))
+    assert kept.results[1].conversion.attributed_click.click_id == "a" * 512

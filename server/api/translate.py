@@ -8,6 +8,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from postbacks.v1 import conversion_pb2, delivery_log_pb2, event_pb2, network_pb2
 from server.core import hashing, limits
 from server.core.events import (
+    CLICK_ID_PARAMS,
     ISO_4217_CODES,
     MAX_FUTURE_US,
     EventKind,
@@ -215,8 +216,11 @@ def _ad_click(msg: event_pb2.AdClick, path: str, violations: Violations) -> dict
     landing_url = _optional_text(msg.landing_url, f"{path}.landing_url", limits.URL, violations)
     if click_id and not network and not landing_url:
         violations.add(f"{path}.network", "is required when click_id is given without a landing_url to derive it from")
-    network, click_id = derive_click(network, click_id, landing_url)
-    return {"network": network, "click_id": click_id, "landing_url": landing_url}
+    network, derived_id = derive_click(network, click_id, landing_url)
+    # Its bound is an explicit click id's; and the URL's escapes are decoded, so a %00 in it is a NUL in the click id.
+    if network and derived_id and derived_id != click_id and (problem := text_problem(derived_id, limits.CLICK_ID)):
+        violations.add(f"{path}.landing_url", f"its {CLICK_ID_PARAMS[network]} parameter, the click id, {problem}")
+    return {"network": network, "click_id": derived_id, "landing_url": landing_url}
 
 
 def _purchase(msg: event_pb2.Purchase, path: str, violations: Violations) -> dict[str, object]:
@@ -320,6 +324,8 @@ def valid_event_from_proto(msg: event_pb2.Event, now_us: int) -> NewEvent | None
                 or not landing_url.isprintable() or (click_id and not network and not landing_url)):
             return None
         network, click_id = derive_click(network, click_id or None, landing_url or None)
+        if click_id and (len(click_id) > limits.CLICK_ID or not click_id.isprintable()):  # derived from the URL
+            return None
     elif kind_name == "purchase":
         purchase = msg.purchase
         amount = purchase.WhichOneof("amount")
