@@ -38,6 +38,9 @@ def events(draw):  # type: ignore[no-untyped-def]
     if clean or draw(st.booleans()):
         event.event_time.FromMicroseconds(NOW_US - 10**9 if clean else draw(st.sampled_from(
             [0, -1, 1, NOW_US - 10**9, NOW_US + 10**9])))
+        if not clean and draw(st.booleans()):  # nanos outside the second, which FromMicroseconds never makes
+            event.event_time.seconds -= 1
+            event.event_time.nanos = draw(st.sampled_from([1_000_000_000, 1_999_999_999, -1, 2**31 - 1]))
     kind = draw(st.sampled_from([None, "ad_click", "identify", "game_launch", "purchase"]))
     if kind == "ad_click":
         event.ad_click.CopyFrom(event_pb2.AdClick(network=draw(st.sampled_from([0, 1, 2, 99])),

@@ -95,13 +95,21 @@ def timestamp_to_us(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * 1_000_000 + ts.nanos // 1000
 
 
+def is_valid_timestamp(ts: timestamp_pb2.Timestamp) -> bool:
+    """Within Timestamp's own range: nanos past the second's end would make a later time than the seconds say."""
+    return MIN_TIMESTAMP_SECONDS <= ts.seconds <= MAX_TIMESTAMP_SECONDS and 0 <= ts.nanos < 1_000_000_000
+
+
+INVALID_TIMESTAMP = "must be a valid timestamp from 0001-01-01 to 9999-12-31, with nanos from 0 to 999,999,999"
+
+
 def optional_timestamp_to_us(msg, field_name: str, violations: Violations) -> int | None:  # type: ignore[no-untyped-def]
     """A request's Timestamp field in microseconds, None when unset; refused outside Timestamp's own range."""
     if not msg.HasField(field_name):
         return None
     ts = getattr(msg, field_name)
-    if not (MIN_TIMESTAMP_SECONDS <= ts.seconds <= MAX_TIMESTAMP_SECONDS and 0 <= ts.nanos < 1_000_000_000):
-        violations.add(field_name, "must be a valid timestamp from 0001-01-01 to 9999-12-31")
+    if not is_valid_timestamp(ts):
+        violations.add(field_name, INVALID_TIMESTAMP)
         return None
     return timestamp_to_us(ts)
 
@@ -117,6 +125,15 @@ def us_to_timestamp(us: int | None) -> timestamp_pb2.Timestamp | None:
 
 def duration_to_us(d: duration_pb2.Duration) -> int:
     return d.seconds * 1_000_000 + d.nanos // 1000
+
+
+MAX_DURATION_SECONDS = 315_576_000_000  # about 10,000 years: Duration's own range
+
+
+def is_valid_duration(d: duration_pb2.Duration) -> bool:
+    """Within Duration's own range: nanos under a second, of the seconds' sign."""
+    return (abs(d.seconds) <= MAX_DURATION_SECONDS and abs(d.nanos) < 1_000_000_000
+            and not (d.seconds > 0 > d.nanos or d.seconds < 0 < d.nanos))
 
 
 def us_to_duration(us: int) -> duration_pb2.Duration:
@@ -156,6 +173,8 @@ def event_from_proto(msg: event_pb2.Event, path: str, now_us: int, violations: V
     event_time_us = 0
     if not msg.HasField("event_time"):
         violations.add(f"{path}.event_time", "is required")
+    elif not is_valid_timestamp(msg.event_time):
+        violations.add(f"{path}.event_time", INVALID_TIMESTAMP)
     else:
         event_time_us = timestamp_to_us(msg.event_time)
         if event_time_us <= 0:
@@ -290,8 +309,9 @@ def valid_event_from_proto(msg: event_pb2.Event, now_us: int) -> NewEvent | None
         return None
     # An unset event_time reads as 0 and is refused here, so the full path reports it as missing.
     time = msg.event_time
-    event_time_us = time.seconds * 1_000_000 + time.nanos // 1000
-    if not 0 < event_time_us <= now_us + MAX_FUTURE_US:
+    nanos = time.nanos
+    event_time_us = time.seconds * 1_000_000 + nanos // 1000
+    if not (0 < event_time_us <= now_us + MAX_FUTURE_US and 0 <= nanos < 1_000_000_000):
         return None
     user_id = msg.user_id.strip()
     anonymous_id = msg.anonymous_id.strip()
