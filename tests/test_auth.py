@@ -28,6 +28,7 @@ from postbacks.v1 import (
 )
 from server.api.auth import METHOD_RULES
 from server.app import SERVICE_NAMES, App
+from server.core import limits
 from server.core.access import KeyKind, key_digest
 from server.secrets import read_private_file
 from server.services import api_keys
@@ -212,6 +213,9 @@ async def test_key_commands_create_list_and_revoke_and_store_only_a_hash(app: Ap
     code, listing, _ = await run_cli(app, "keys", "list")
     (line,) = [line for line in listing.splitlines() if line.startswith(key_id)]
     assert line.split()[3] != "-"  # the revocation time
+
+    code, _, err = await run_cli(app, "keys", "create", "--kind", "admin", "--label", "x" * (limits.API_KEY_LABEL + 1))
+    assert code != 0 and f"at most {limits.API_KEY_LABEL}" in err  # longer than the column keeps
 
 
 async def test_the_development_key_is_owner_only_reused_and_refused_outside_development_mode(
