@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import datetime
 import gc
 import logging
@@ -30,8 +31,23 @@ from server.services.context import ServiceContext, wall_clock_us
 from server.services.secret_keys import reseal_credentials
 from server.store.db import Database
 
+# mallopt's parameter for the size from which a block gets a mapping of its own (glibc's malloc.h).
+_M_MMAP_THRESHOLD = -3
+LARGE_BLOCK_BYTES = 128 * 1024
+
+
+def keep_large_blocks_apart() -> None:
+    """Has every block of LARGE_BLOCK_BYTES or more (the buffers of a large request) mapped on its own and given
+    back to the system when freed. glibc does so at first, but raises the threshold to the size of each such block
+    freed, after which large requests' buffers come from the heap, where the small objects between them keep the
+    freed space resident. No-op without glibc."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
+
 
 async def serve(settings: settings_module.Settings) -> None:
+    keep_large_blocks_apart()
     app = App(settings)
     await app.start()
     # What start-up allocated lives as long as the process: frozen, no later collection walks it again; and a higher
