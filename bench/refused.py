@@ -71,7 +71,8 @@ def _busy_cpu_seconds() -> float:
 
 
 class MachineLoad:
-    """How busy the machine was while a measurement ran, beside the measured server's own share."""
+    """How busy the machine was while a measurement ran: all of it, and all but the measured server (the load
+    client included, and whatever else runs on the machine)."""
 
     def __init__(self, server: ServerProcess) -> None:
         self._server = server
