@@ -96,11 +96,14 @@ def test_every_rpc_has_a_rule_naming_a_string_field_of_its_request() -> None:
 
 @pytest.mark.parametrize(("authorization", "reason"), [
     (None, "API_KEY_MISSING"),
-    ("Basic dXNlcjpwYXNz", "API_KEY_MISSING"),
+    ("", "API_KEY_MISSING"),
+    ("Basic dXNlcjpwYXNz", "API_KEY_NOT_BEARER"),
+    ("pbk_00000000_a-key-sent-without-its-scheme", "API_KEY_NOT_BEARER"),
+    ("Bearer", "API_KEY_NOT_BEARER"),
     ("Bearer pbk_00000000_not-a-key-this-service-made", "API_KEY_INVALID"),
 ])
 async def test_calls_without_a_valid_key_are_unauthenticated(app: App, authorization, reason) -> None:  # type: ignore[no-untyped-def]
-    metadata = (("authorization", authorization),) if authorization else ()
+    metadata = (("authorization", authorization),) if authorization is not None else ()
     async with key_channel(app.port, None) as ch:  # type: ignore[arg-type]
         unary = await rpc_error(events(ch).IngestEvent(event_service_pb2.IngestEventRequest(
             parent="games/g", event=launch("l1", user_id="p")), metadata=metadata))
@@ -110,6 +113,8 @@ async def test_calls_without_a_valid_key_are_unauthenticated(app: App, authoriza
     for error in (unary, streamed):
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
         assert error_reason(error) == reason
+        if reason == "API_KEY_NOT_BEARER":  # says what to fix, and never echoes what was sent
+            assert "`Bearer <key>`" in (error.details() or "") and "its-scheme" not in (error.details() or "")
     async with authorized_channel(app) as ch:
         missing = await rpc_error(events(ch).GetConversion(event_service_pb2.GetConversionRequest(
             name="games/g/conversions/l1")))

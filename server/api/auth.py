@@ -96,16 +96,17 @@ def _request_field(request: Any, path: str) -> str:
     return value  # type: ignore[no-any-return]
 
 
-def _call_key(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+def _call_authorization(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
     for name, value in metadata or ():
         if name == "authorization":
-            return bearer_key(value)  # type: ignore[arg-type]
+            return value  # type: ignore[return-value]
     return None
 
 
 # Why a call's key is refused, by reason; each is UNAUTHENTICATED.
 REFUSALS = {
     "API_KEY_MISSING": "an API key is required: send the metadata `authorization: Bearer <key>`",
+    "API_KEY_NOT_BEARER": "the authorization metadata must read `Bearer <key>`: put `Bearer ` before the key",
     "API_KEY_INVALID": "the API key is unknown or revoked",
     "API_KEY_DEVELOPMENT_ONLY": "development keys work only on a server started in development mode "
                                 "(--dev-key-file); use an ingest or admin key",
@@ -156,16 +157,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             guarded = self._guarded[method] = _GuardedMethod(self._guard(handler, rule), {
                 reason: refusal(Unauthenticated(message, reason=reason), response_streaming=handler.response_streaming)
                 for reason, message in REFUSALS.items()})
-        grant, reason = await self._authenticate(_call_key(handler_call_details.invocation_metadata))
+        grant, reason = await self._authenticate(_call_authorization(handler_call_details.invocation_metadata))
         if reason:
             return guarded.refusals[reason]
         _CALL_GRANT.set(grant)
         return guarded.handler
 
-    async def _authenticate(self, key: str | None) -> tuple[Grant | None, str | None]:
-        """The key's grant, or the reason (of REFUSALS) it is refused."""
-        if key is None:
+    async def _authenticate(self, authorization: str | None) -> tuple[Grant | None, str | None]:
+        """The grant of the key in an authorization header's value, or the reason (of REFUSALS) it is refused."""
+        if not authorization or not authorization.strip():
             return None, "API_KEY_MISSING"
+        key = bearer_key(authorization)
+        if key is None:
+            return None, "API_KEY_NOT_BEARER"
         grant = await self._grants.get(key_digest(key)) if is_well_formed(key) else None
         if grant is None:
             return None, "API_KEY_INVALID"
