@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_module.from_namespace(args)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command in ("keys", "rotate-secret-key"):
-        # A one-off command prints its result; the migration check it runs first has nothing to add.
+    if args.command != "serve":
+        # A one-off command prints its result; Alembic's lines about the migration check it runs first add nothing.
         logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     commands = {"serve": serve, "migrate": migrate, "rotate-secret-key": rotate_secret_key,
                 "keys": lambda s: keys(s, args)}
