@@ -15,6 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.conftest import running_app
 from tests.conftest import test_settings as settings_for
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
 
 async def test_health_is_serving_then_not_serving_during_shutdown(tmp_path, sqlite_url, fake_network) -> None:  # type: ignore[no-untyped-def]
     async with running_app(settings_for(tmp_path, sqlite_url, fake_network)) as app:
@@ -60,7 +62,8 @@ async def run_server_command(*args: str, cwd: pathlib.Path) -> tuple[int, str, s
     """`python -m server ...` as an operator runs it, to its end; (exit code, stdout, stderr)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "server", *args, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={name: value for name, value in os.environ.items() if not name.startswith("POSTBACKS_")})
+        env={**{name: value for name, value in os.environ.items() if not name.startswith("POSTBACKS_")},
+             "PYTHONPATH": str(ROOT)})  # this checkout's server, from any working directory
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     return process.returncode or 0, stdout.decode(), stderr.decode()
 
