@@ -40,7 +40,7 @@ demo: $(STAMP)
 migrate: $(STAMP)
 	$(BIN)/python -m server migrate
 
-## bench: the issue-7 benchmarks against their same-run ceilings (~9 min; writes bench/results.json).
+## bench: the benchmarks, against their same-run ceilings where they have one (~14 min; writes bench/results.json).
 ## BENCH_ARGS="--quick" for a smoke run under 2 minutes; BENCH_ARGS="ingest-unary --profile" for one, profiled
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -143,7 +143,7 @@ def main() -> None:
                         help="server role for the two ingest benchmarks (default api: ingest measured alone)")
     parser.add_argument("--latency-roles", default="split", choices=("all", "split"),
                         help="latency: an API process beside a dispatcher process on the same database (split, "
-                             "the default: the deployment the README gives for sustained load) or one server "
+                             "the default: the deployment docs/operations.md gives for sustained load) or one server "
                              "process (all, the embedded default)")
     parser.add_argument("--rounds", type=int,
                         help=f"rounds of {', '.join(ROUNDS_OF)}, each with its own ceiling, reported as the median "

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from sqlalchemy import func, select
 
-from bench import c_load, http_ingest, traced_server, workload
+from bench import c_load, http_ingest, refused, traced_server, workload
 from bench.fake import PIXEL, TOKEN, CountingFakeNetwork
 from bench.procs import PYTHON, Profiler, ServerProcess, fresh_database, run_helper
 from postbacks.v1 import (
@@ -500,4 +500,4 @@ class MemoryTracer:
 
 
 BENCHMARKS = {"ingest-unary": ingest_unary, "ingest-batch": ingest_batch, "deliver": deliver, "latency": latency,
-              "memory": memory, "ingest-http": http_ingest.run}
+              "memory": memory, **refused.BENCHMARKS, "ingest-http": http_ingest.run}

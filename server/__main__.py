@@ -3,19 +3,21 @@
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import datetime
 import gc
 import logging
 import signal
 import sys
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 from server import settings as settings_module
 from server.api import translate
 from server.app import App
 from server.core.access import KeyKind
 from server.delivery.network_client import NetworkClient
-from server.errors import DomainError
+from server.errors import DomainError, StartupError
 from server.secrets import (
     SecretBox,
     encode_keys,
@@ -30,8 +32,23 @@ from server.services.context import ServiceContext, wall_clock_us
 from server.services.secret_keys import reseal_credentials
 from server.store.db import Database
 
+# mallopt's parameter for the size from which a block gets a mapping of its own (glibc's malloc.h).
+_M_MMAP_THRESHOLD = -3
+LARGE_BLOCK_BYTES = 128 * 1024
+
+
+def keep_large_blocks_apart() -> None:
+    """Has every block of LARGE_BLOCK_BYTES or more (the buffers of a large request) mapped on its own and given
+    back to the system when freed. glibc does so at first, but raises the threshold to the size of each such block
+    freed, after which large requests' buffers come from the heap, where the small objects between them keep the
+    freed space resident. No-op without glibc."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
+
 
 async def serve(settings: settings_module.Settings) -> None:
+    keep_large_blocks_apart()
     app = App(settings)
     await app.start()
     # What start-up allocated lives as long as the process: frozen, no later collection walks it again; and a higher
@@ -125,8 +142,24 @@ async def rotate_secret_key(settings: settings_module.Settings) -> None:
     print(f"postbacks: new secret key in {path}; re-sealed {resealed} stored credentials; the old key is retired")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Refuses a bad command line in one line, as every other start-up error is refused."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"postbacks: {message} (python -m server --help lists the settings)\n")
+
+
+def _one_line(error: BaseException) -> str:
+    """What went wrong, in one line: the known kinds say it themselves, anything else names its type too."""
+    if isinstance(error, DomainError | StartupError):
+        text = error.message if isinstance(error, DomainError) else str(error)
+    else:
+        text = f"{type(error).__name__}: {error} (--log-level DEBUG shows where)"
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="postbacks-server", description="Conversion postback service.")
+    parser = _Parser(prog="python -m server", description="Conversion postback service.")
     parser.add_argument("command", nargs="?", default="serve",
                         choices=("serve", "migrate", "keys", "rotate-secret-key"))
     parser.add_argument("action", nargs="?", choices=("create", "list", "revoke"), help="keys: what to do")
@@ -148,23 +181,32 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("`keys` takes one of create, list, revoke; other commands take no action")
     if args.action == "create" and not args.kind:
         parser.error("keys create needs --kind ingest, --kind admin or --kind publishable")
+    if args.kind in (KeyKind.INGEST.value, KeyKind.PUBLISHABLE.value) and len(args.game) != 1:
+        parser.error(f"{'an' if args.kind == KeyKind.INGEST.value else 'a'} {args.kind} key is for exactly one game: "
+                     "give one --game")
     if (args.action == "revoke") != (args.key_id is not None):
         parser.error("keys revoke takes exactly one key id")
     settings = settings_module.from_namespace(args)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command != "serve":
+        # A one-off command prints its result; Alembic's lines about the migration check it runs first add nothing.
+        logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     commands = {"serve": serve, "migrate": migrate, "rotate-secret-key": rotate_secret_key,
                 "keys": lambda s: keys(s, args)}
     command = commands[args.command]
     try:
         try:
             import uvloop
-
-            uvloop.run(command(settings))
         except ImportError:
             asyncio.run(command(settings))
-    except DomainError as e:
-        sys.exit(f"postbacks: {e.message}")
+        else:
+            uvloop.run(command(settings))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # every failure, expected or not, ends in one line and a non-zero exit
+        logging.getLogger("postbacks").debug("%s failed", args.command, exc_info=True)
+        sys.exit(f"postbacks: {_one_line(e)}")
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ async def test_domain_errors_map_to_connect_codes_with_the_named_field(app: App,
 
 
 @pytest.mark.parametrize(("authorization", "reason"), [
-    (None, "API_KEY_MISSING"), ("Bearer pbk_nope", "API_KEY_INVALID"), ("Basic abc", "API_KEY_MISSING")])
+    (None, "API_KEY_MISSING"), ("Bearer pbk_nope", "API_KEY_INVALID"), ("Basic abc", "API_KEY_NOT_BEARER")])
 async def test_calls_without_a_valid_key_are_unauthenticated(app: App, http, authorization, reason) -> None:  # type: ignore[no-untyped-def]
     headers = {"authorization": authorization} if authorization else {}
     status, body, _ = await http_call(http, app.http_port, "EventService/IngestEvent", click_request("c"), key=None,

@@ -138,6 +138,13 @@ async def test_no_secret_is_stored_logged_or_returned_after_a_full_flow(tmp_path
             "buy-rotated", user_id="p1", value="2.00", currency="USD")))
         await wait_until(lambda: {"buy-refused", "buy-rotated"} <= set(sent_dedup_ids(fake_network)))
 
+        async def refusal_logged() -> bool:  # the network answers before the attempt's log row commits
+            page = await logs.ListDeliveryLogs(delivery_log_service_pb2.ListDeliveryLogsRequest(
+                parent="games/g", statuses=[delivery_log_pb2.DELIVERY_ATTEMPT_STATUS_FAILED]))
+            return bool(page.delivery_logs)
+
+        await wait_until(refusal_logged)
+
         # Everything a caller can read back.
         for event_id in ("buy-tt", "launch-rd", "buy-refused", "buy-rotated"):
             await call(events.GetConversion, event_service_pb2.GetConversionRequest(

@@ -16,6 +16,7 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.app import App
+from server.errors import StartupError
 from tests.conftest import running_app
 from tests.conftest import test_settings as settings_for  # aliased: pytest would collect a test_* name
 from tests.helpers import ingest, key_channel, launch, rfc3339
@@ -88,5 +89,5 @@ def test_a_certificate_without_its_key_is_refused_at_start(tmp_path, fake_networ
     cert_file, _, _ = self_signed_certificate(tmp_path)
     settings = settings_for(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'p.db'}", fake_network,
                             tls_cert_file=str(cert_file))
-    with pytest.raises(ValueError, match="tls_key_file"):
+    with pytest.raises(StartupError, match="--tls-cert-file is set but --tls-key-file is not"):
         App(settings)

@@ -4,6 +4,7 @@ interceptor and the HTTP API both use these."""
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
+from server.api.errors import refusal
 from server.core.access import Grant, KeyKind, Scope, bearer_key, game_of_name, is_well_formed, key_digest
 from server.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
 
@@ -133,25 +135,45 @@ def authorize(grant: Grant, rule: MethodRule, request: Any, *, over_http: bool) 
                                                             f"{len(events)}")
 
 
+# Why a call's key is refused, by reason; each is UNAUTHENTICATED.
+REFUSALS = {
+    "API_KEY_MISSING": "an API key is required: send `authorization: Bearer <key>` (gRPC metadata or HTTP header)",
+    "API_KEY_NOT_BEARER": "the authorization must read `Bearer <key>`: put `Bearer ` before the key",
+    "API_KEY_INVALID": "the API key is unknown or revoked",
+    "API_KEY_DEVELOPMENT_ONLY": "development keys work only on a server started in development mode "
+                                "(--dev-key-file); use an ingest or admin key",
+}
+
+
 class Authenticator:
-    """Turns a call's key into its grant; raises UNAUTHENTICATED for a missing, unknown or revoked key, and for a
-    development key on a server not in development mode."""
+    """Turns the value of a call's authorization (gRPC metadata or HTTP header) into its key's grant, or into the
+    reason (of REFUSALS) the call is refused: no key, no `Bearer `, an unknown or revoked key, a development key on a
+    server not in development mode."""
 
     def __init__(self, lookup: GrantLookup, *, cache_s: float, development_mode: bool):
         self._grants = GrantCache(lookup, cache_s)
         self._development_mode = development_mode
 
-    async def authenticate(self, key: str | None) -> Grant:
+    async def check(self, authorization: str | None) -> tuple[Grant | None, str | None]:
+        """The grant, or the reason the call is refused."""
+        if not authorization or not authorization.strip():
+            return None, "API_KEY_MISSING"
+        key = bearer_key(authorization)
         if key is None:
-            raise Unauthenticated("an API key is required: send the metadata `authorization: Bearer <key>`",
-                                  reason="API_KEY_MISSING")
+            return None, "API_KEY_NOT_BEARER"
         grant = await self._grants.get(key_digest(key)) if is_well_formed(key) else None
         if grant is None:
-            raise Unauthenticated("the API key is unknown or revoked", reason="API_KEY_INVALID")
+            return None, "API_KEY_INVALID"
         if grant.kind == KeyKind.DEVELOPMENT and not self._development_mode:
-            raise Unauthenticated("development keys work only on a server started in development mode "
-                                  "(--dev-key-file); use an ingest or admin key", reason="API_KEY_DEVELOPMENT_ONLY")
-        return grant
+            return None, "API_KEY_DEVELOPMENT_ONLY"
+        return grant, None
+
+    async def authenticate(self, authorization: str | None) -> Grant:
+        """The grant; UNAUTHENTICATED when the call is refused."""
+        grant, reason = await self.check(authorization)
+        if reason:
+            raise Unauthenticated(REFUSALS[reason], reason=reason)
+        return grant  # type: ignore[return-value]
 
 
 class StreamSlots:
@@ -177,22 +199,47 @@ class StreamSlots:
                 del self._open[grant.key_id]
 
 
-def _call_key(context: grpc.aio.ServicerContext) -> str | None:
-    for name, value in context.invocation_metadata() or ():
+def _call_authorization(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+    for name, value in metadata or ():
         if name == "authorization":
-            return bearer_key(value)
+            return value  # type: ignore[return-value]
     return None
 
 
+# Why a call's key is refused, by reason; each is UNAUTHENTICATED.
+REFUSALS = {
+    "API_KEY_MISSING": "an API key is required: send the metadata `authorization: Bearer <key>`",
+    "API_KEY_NOT_BEARER": "the authorization metadata must read `Bearer <key>`: put `Bearer ` before the key",
+    "API_KEY_INVALID": "the API key is unknown or revoked",
+    "API_KEY_DEVELOPMENT_ONLY": "development keys work only on a server started in development mode "
+                                "(--dev-key-file); use an ingest or admin key",
+}
+
+# The grant of the call's key, found by intercept_service before the request is read. grpc.aio runs a call's
+# interceptors and then its handler in one task of their own, so the handler sees the value its call set; unset,
+# the handler refuses (fails closed).
+_CALL_GRANT: contextvars.ContextVar[Grant | None] = contextvars.ContextVar("call_grant", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class _GuardedMethod:
+    """A method's handler behind the key check, and its refusals; built once per method."""
+
+    handler: grpc.RpcMethodHandler
+    refusals: dict[str, grpc.RpcMethodHandler]
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every handler but the open ones: no valid key is UNAUTHENTICATED; a key outside the method's scope or
-    the request's game is PERMISSION_DENIED. The check runs inside the handler, where the request is decoded and a
-    raised error reaches the ErrorInterceptor, which must therefore come first in the server's interceptors."""
+    """Guards every method but the open ones. A call without a valid key is UNAUTHENTICATED from its metadata alone,
+    before its request is read: its body is neither decoded nor kept. A key outside the method's scope or the
+    request's game is PERMISSION_DENIED, checked in the handler, where the request (and so its resource name) is
+    decoded. The ErrorInterceptor must come first in the server's interceptors, to turn the refusals into rich
+    status."""
 
     def __init__(self, authenticator: Authenticator, stream_slots: StreamSlots):
         self._authenticator = authenticator
         self._stream_slots = stream_slots
-        self._guarded: dict[str, grpc.RpcMethodHandler] = {}
+        self._guarded: dict[str, _GuardedMethod] = {}
 
     async def intercept_service(
         self,
@@ -200,23 +247,29 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method = handler_call_details.method
-        if method in self._guarded:  # built once per method: the key is read from each call's own metadata
-            return self._guarded[method]
-        handler = await continuation(handler_call_details)
-        if handler is None or method.startswith(_OPEN_PREFIXES):
-            return handler
-        rule = METHOD_RULES.get(method)
-        if rule is None or handler.request_streaming:
-            return None  # fails closed: a method without a rule is not served at all (UNIMPLEMENTED)
-        self._guarded[method] = self._guard(handler, rule)
-        return self._guarded[method]
+        guarded = self._guarded.get(method)  # built once per method: the key is read from each call's own metadata
+        if guarded is None:
+            handler = await continuation(handler_call_details)
+            if handler is None or method.startswith(_OPEN_PREFIXES):
+                return handler
+            rule = METHOD_RULES.get(method)
+            if rule is None or handler.request_streaming:
+                return None  # fails closed: a method without a rule is not served at all (UNIMPLEMENTED)
+            guarded = self._guarded[method] = _GuardedMethod(self._guard(handler, rule), {
+                reason: refusal(Unauthenticated(message, reason=reason), response_streaming=handler.response_streaming)
+                for reason, message in REFUSALS.items()})
+        grant, reason = await self._authenticator.check(_call_authorization(handler_call_details.invocation_metadata))
+        if reason:
+            return guarded.refusals[reason]
+        _CALL_GRANT.set(grant)
+        return guarded.handler
 
     def _guard(self, handler: grpc.RpcMethodHandler, rule: MethodRule) -> grpc.RpcMethodHandler:
         if handler.unary_unary:
             inner_unary = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await self._authorize(_call_key(context), rule, request)
+                _call_grant(rule, request)
                 return await inner_unary(request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
@@ -224,7 +277,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         inner_stream = handler.unary_stream
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            grant = await self._authorize(_call_key(context), rule, request)
+            grant = _call_grant(rule, request)
             with self._stream_slots.hold(grant):
                 async for response in inner_stream(request, context):
                     yield response
@@ -232,7 +285,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer,
                                                     handler.response_serializer)
 
-    async def _authorize(self, key: str | None, rule: MethodRule, request: Any) -> Grant:
-        grant = await self._authenticator.authenticate(key)
-        authorize(grant, rule, request, over_http=False)
-        return grant
+
+def _call_grant(rule: MethodRule, request: Any) -> Grant:
+    """The call's grant, when it allows the method on the request."""
+    grant = _CALL_GRANT.get()
+    if grant is None:
+        raise Unauthenticated(REFUSALS["API_KEY_MISSING"], reason="API_KEY_MISSING")
+    authorize(grant, rule, request, over_http=False)
+    return grant

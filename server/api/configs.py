@@ -9,6 +9,7 @@ from postbacks.v1 import postback_config_pb2, postback_config_service_pb2_grpc
 from postbacks.v1 import postback_config_service_pb2 as pb
 from server.api import translate
 from server.core import configs as rules
+from server.core import limits
 from server.core.postback import NetworkCredentials
 from server.core.types import ConfigHealth, EventType, Network
 from server.errors import InvalidArgument, Violations
@@ -18,8 +19,6 @@ from server.services.credentials import CheckResult, CredentialCheck
 
 _CONFIG_NAME = "games/{game}/postbackConfigs/{id}"
 _CONFIG_SHAPE = "games/{game}/postbackConfigs/{postback_config}"
-MAX_DISPLAY_NAME = 200
-MAX_TEST_CODE = 128
 UPDATABLE_FIELDS = ("display_name", "enabled", "trigger_events")
 HEALTH_TO_PROTO = {h: postback_config_pb2.PostbackConfigHealth.Value(f"POSTBACK_CONFIG_HEALTH_{h.name}")
                    for h in ConfigHealth}
@@ -70,7 +69,7 @@ def _trigger_events(values, field_path: str, violations: Violations) -> frozense
 
 def _display_name(value: str, field_path: str, violations: Violations) -> str:
     value = value.strip()
-    if problem := translate.text_problem(value, MAX_DISPLAY_NAME):
+    if problem := translate.text_problem(value, limits.DISPLAY_NAME):
         violations.add(field_path, problem)
     return value
 
@@ -88,8 +87,8 @@ def _credentials(msg: postback_config_pb2.PostbackCredentials, network: Network 
 
 def _test_code(value: str, violations: Violations) -> str | None:
     value = value.strip()
-    if len(value) > MAX_TEST_CODE:
-        violations.add("test_code", f"must be at most {MAX_TEST_CODE} characters")
+    if len(value) > limits.TEST_CODE:
+        violations.add("test_code", f"must be at most {limits.TEST_CODE} characters")
     return value or None
 
 

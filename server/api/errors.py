@@ -57,11 +57,40 @@ def connect_error_of(error: Exception, method: str) -> ConnectError:
     return ConnectError(Code.INTERNAL, INTERNAL_MESSAGE)
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+_INTERNAL = rpc_status.to_status(status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0],
+                                                   message=INTERNAL_MESSAGE))
+
+
+def _status_of(error: Exception, method: str) -> grpc.Status:
     if isinstance(error, DomainError):
-        await context.abort_with_status(to_status(error))
+        return to_status(error)
     log.exception("unexpected error in %s", method, exc_info=error)
-    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+    return _INTERNAL
+
+
+def _refuse(context: grpc.aio.ServicerContext, status: grpc.Status) -> None:
+    """Ends the call with `status` once the handler returns. Not context.abort(): grpc.aio keeps the AbortError it
+    raises on the call's state, and the error's traceback holds the handler's frames and so the call's state and its
+    decoded request: a reference cycle per refused call, that only the cycle collector frees, which the server's GC
+    tuning runs rarely. Returning leaves no cycle; grpc then sends an empty message before the status of a unary call,
+    which clients ignore."""
+    context.set_code(status.code)
+    context.set_details(status.details)
+    context.set_trailing_metadata(status.trailing_metadata)
+
+
+def refusal(error: DomainError, *, response_streaming: bool) -> grpc.RpcMethodHandler:
+    """A handler that answers every call with `error` without reading its request. grpc.aio receives a unary
+    request whole, and copies it into Python, before it calls the handler; it calls the handler of a request stream
+    at once, and this one never reads the stream: gRPC's core drops what the caller sends."""
+    status = to_status(error)
+
+    async def refuse(requests: object, context: grpc.aio.ServicerContext) -> None:
+        _refuse(context, status)
+
+    if response_streaming:  # a coroutine, not an async generator: grpc then sends the status alone
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    return grpc.stream_unary_rpc_method_handler(refuse)
 
 
 class _Undecodable:
@@ -90,20 +119,23 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     does not decode -> INVALID_ARGUMENT."""
 
     def __init__(self) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._wrapped: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
-        if method not in self._wrapped:  # built once per method; nothing in the wrapper depends on the call
-            handler = await continuation(handler_call_details)
-            if handler is None:
-                return handler
-            self._wrapped[method] = self._wrap(handler, method)
-        return self._wrapped[method]
+        # Asked on every call: the interceptors after this one choose a handler per call (AuthInterceptor refuses a
+        # call without a valid key with a handler of its own). Each builds its handlers once per method, so this
+        # wraps each of them once, and nothing in a wrapper depends on the call.
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        wrapped = self._wrapped.get(handler)
+        if wrapped is None:
+            wrapped = self._wrapped[handler] = self._wrap(handler, handler_call_details.method)
+        return wrapped
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary:
@@ -111,13 +143,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 if isinstance(request, _Undecodable):
-                    await context.abort_with_status(to_status(request.error))
+                    return _refuse(context, to_status(request.error))
                 try:
                     return await inner_unary(request, context)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as e:
-                    await _abort(context, e, method)
+                    return _refuse(context, _status_of(e, method))
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, _tolerant(handler.request_deserializer),
                                                        handler.response_serializer)
@@ -126,7 +158,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 if isinstance(request, _Undecodable):
-                    await context.abort_with_status(to_status(request.error))
+                    _refuse(context, to_status(request.error))
+                    return
                 try:
                     responses = inner_stream(request, context)
                     if inspect.isawaitable(responses):  # a handler that writes with context.write() (health Watch)
@@ -137,7 +170,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 except grpc.aio.AbortError:
                     raise
                 except Exception as e:
-                    await _abort(context, e, method)
+                    _refuse(context, _status_of(e, method))
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, _tolerant(handler.request_deserializer),
                                                         handler.response_serializer)

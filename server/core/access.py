@@ -9,8 +9,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from server.core import limits
+
 KEY_PREFIX = "pbk_"
-MAX_GAME_ID_LENGTH = 63
 _KEY_ID_HEX_CHARS = 8
 _BEARER = re.compile(r"bearer\s+(\S+)\s*", re.IGNORECASE)
 _WELL_FORMED_KEY = re.compile(KEY_PREFIX + r"[0-9a-f]{8}_[A-Za-z0-9_-]{43}")
@@ -82,7 +83,7 @@ class Grant:
                    f"{_article(needed)} {needed} key"
         if self.games and game is not None and game not in self.games:
             covered = ", ".join(f"games/{g}" for g in sorted(self.games))
-            return f"this key is not valid for games/{game[:MAX_GAME_ID_LENGTH]}; it covers {covered}"
+            return f"this key is not valid for games/{game[:limits.GAME_ID]}; it covers {covered}"
         return None
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
+from server.core import limits
 from server.core.access import Grant, KeyKind, key_digest, new_key, normalise_key_id, normalise_origin
 from server.errors import NotFound, Violations
 from server.services.context import ServiceContext
@@ -59,6 +60,8 @@ async def create_key(ctx: ServiceContext, kind: KeyKind, games: Iterable[str], l
     if kind in (KeyKind.INGEST, KeyKind.PUBLISHABLE) and len(games) != 1:
         violations.add("games", f"{'an' if kind == KeyKind.INGEST else 'a'} {kind.value} key is bound to exactly "
                                 "one game")
+    if len(label) > limits.API_KEY_LABEL:
+        violations.add("label", f"must be at most {limits.API_KEY_LABEL} characters")
     allowed_origins = _origins(kind, origins, violations)
     violations.raise_if_any()
     key, key_id = new_key()

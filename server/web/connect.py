@@ -23,7 +23,7 @@ from postbacks.v1 import (
 )
 from server.api.auth import METHOD_RULES, StreamSlots, authorize, request_events
 from server.api.errors import connect_error_of
-from server.api.translate import MAX_USER_AGENT_LENGTH
+from server.core import limits
 from server.core.access import Grant
 
 
@@ -75,7 +75,7 @@ def _authorize(call: HttpCall, method: str, request: Message) -> None:
         # A public key's caller is the browser or game client itself: what it claims about itself is not believed.
         for event in request_events(rule, request):
             event.ip_address = call.client_address
-            event.user_agent = call.user_agent[:MAX_USER_AGENT_LENGTH]
+            event.user_agent = call.user_agent[:limits.USER_AGENT]
 
 
 class AccessInterceptor:

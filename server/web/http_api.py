@@ -12,7 +12,7 @@ from connectrpc._protocol import ConnectWireError
 
 from server.api.auth import METHOD_RULES, Authenticator
 from server.api.errors import to_connect_error
-from server.core.access import Grant, bearer_key
+from server.core.access import Grant
 from server.core.client_address import Network, client_address
 from server.core.rate_limit import TokenBuckets, retry_after_header
 from server.errors import DomainError, PermissionDenied, ResourceExhausted
@@ -131,8 +131,7 @@ class HttpApi:
         """Everything known before the body is read: the key, and for a publishable key its origin and rate
         limits. Returns the call and the largest body it may send."""
         authorization = headers.get(b"authorization")
-        grant = await self._authenticator.authenticate(bearer_key(authorization.decode("latin-1"))
-                                                       if authorization else None)
+        grant = await self._authenticator.authenticate(authorization.decode("latin-1") if authorization else None)
         if origin and not grant.is_publishable:
             # Browsers send Origin and servers do not: a secret key in a web page is readable by every visitor.
             raise PermissionDenied("a secret key was sent from a web page, where every visitor can read it: revoke "

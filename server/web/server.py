@@ -5,6 +5,7 @@ import socket
 
 import uvicorn
 
+from server.errors import StartupError
 from server.web.http_api import HttpApi
 
 
@@ -16,9 +17,10 @@ def _bind(listen: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, int(port)))
-    except OSError:
+    except OSError as e:
         sock.close()
-        raise
+        raise StartupError(f"cannot listen on {listen}: {e.strerror}; choose another address with --http-listen "
+                           "HOST:PORT (port 0 picks a free one)") from None
     sock.setblocking(False)
     return sock
 
