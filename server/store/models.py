@@ -10,6 +10,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     literal_column,
     text,
 )
@@ -36,6 +37,8 @@ class Base(DeclarativeBase):
 # value (SQLite re-plans per binding; a generic plan of PostgreSQL's does not).
 PENDING = literal_column(f"'{DeliveryState.PENDING.value}'")
 _PENDING_ONLY = {f"{dialect}_where": text(f"state = {PENDING}") for dialect in ("sqlite", "postgresql")}
+_FAILED_ONLY = {f"{dialect}_where": text(f"state = '{DeliveryState.FAILED.value}'")
+                for dialect in ("sqlite", "postgresql")}
 
 
 class Game(Base):
@@ -131,6 +134,13 @@ class PostbackConfig(Base):
     last_success_time_us: Mapped[int | None] = mapped_column(BigInteger)
     last_credential_failure_time_us: Mapped[int | None] = mapped_column(BigInteger)
     delete_time_us: Mapped[int | None] = mapped_column(BigInteger)
+    # The circuit breaker (server.core.circuit.Circuit), shared by every dispatcher: closed while cause is NULL.
+    circuit_cause: Mapped[str | None] = mapped_column(String(16))  # CircuitCause
+    circuit_open_time_us: Mapped[int | None] = mapped_column(BigInteger)
+    circuit_probe_time_us: Mapped[int | None] = mapped_column(BigInteger)
+    circuit_probing: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    circuit_failed_probes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    circuit_strain: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Delivery(Base):
@@ -142,6 +152,8 @@ class Delivery(Base):
         Index("ix_deliveries_pending_due", "next_attempt_time_us", **_PENDING_ONLY),
         # A config's due work, oldest first: what the dispatcher claims, and what a disabled config cancels.
         Index("ix_deliveries_pending_config_due", "config_row_id", "next_attempt_time_us", **_PENDING_ONLY),
+        # A config's failed postbacks by when they were owed: what a replay looks through.
+        Index("ix_deliveries_failed_config_create", "config_row_id", "create_time_us", **_FAILED_ONLY),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
@@ -154,6 +166,7 @@ class Delivery(Base):
     first_attempt_time_us: Mapped[int | None] = mapped_column(BigInteger)
     last_attempt_time_us: Mapped[int | None] = mapped_column(BigInteger)
     last_error: Mapped[str | None] = mapped_column(Text)
+    failure_reason: Mapped[str | None] = mapped_column(String(32))  # FailureReason, for a failed postback
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expire_time_us: Mapped[int | None] = mapped_column(BigInteger)
     create_time_us: Mapped[int] = mapped_column(BigInteger)
