@@ -10,11 +10,12 @@ from postbacks.v1 import postback_config_service_pb2 as pb
 from server.api import translate
 from server.core import configs as rules
 from server.core import limits
+from server.core.circuit import CircuitCause, CircuitState
 from server.core.postback import NetworkCredentials
 from server.core.types import ConfigHealth, EventType, Network
 from server.errors import InvalidArgument, Violations
 from server.services import configs
-from server.services.configs import ConfigChanges, ConfigView, NewConfig
+from server.services.configs import CircuitView, ConfigChanges, ConfigView, NewConfig
 from server.services.credentials import CheckResult, CredentialCheck
 
 _CONFIG_NAME = "games/{game}/postbackConfigs/{id}"
@@ -24,6 +25,10 @@ HEALTH_TO_PROTO = {h: postback_config_pb2.PostbackConfigHealth.Value(f"POSTBACK_
                    for h in ConfigHealth}
 CHECK_RESULT_TO_PROTO = {r: postback_config_pb2.CredentialCheckResult.Value(f"CREDENTIAL_CHECK_RESULT_{r.name}")
                          for r in CheckResult}
+CIRCUIT_STATE_TO_PROTO = {s: postback_config_pb2.PostbackCircuitState.Value(f"POSTBACK_CIRCUIT_STATE_{s.name}")
+                          for s in CircuitState}
+CIRCUIT_CAUSE_TO_PROTO = {CircuitCause.CREDENTIALS: postback_config_pb2.POSTBACK_CIRCUIT_CAUSE_CREDENTIALS,
+                          CircuitCause.TRANSIENT: postback_config_pb2.POSTBACK_CIRCUIT_CAUSE_TRANSIENT_FAILURES}
 
 
 def parse_config_name(name: str, field_path: str = "name") -> tuple[str, str]:
@@ -44,6 +49,19 @@ def config_to_proto(view: ConfigView) -> postback_config_pb2.PostbackConfig:
         create_time=translate.us_to_timestamp(view.create_time_us),
         update_time=translate.us_to_timestamp(view.update_time_us),
         credentials_update_time=translate.us_to_timestamp(view.credentials_update_time_us),
+        circuit=_circuit_to_proto(view.circuit),
+    )
+
+
+def _circuit_to_proto(circuit: CircuitView) -> postback_config_pb2.PostbackCircuit:
+    return postback_config_pb2.PostbackCircuit(
+        state=CIRCUIT_STATE_TO_PROTO[circuit.state],
+        cause=CIRCUIT_CAUSE_TO_PROTO[circuit.cause] if circuit.cause else None,
+        open_time=translate.us_to_timestamp(circuit.open_time_us),
+        next_probe_time=translate.us_to_timestamp(circuit.next_probe_time_us),
+        failed_probe_count=circuit.failed_probes,
+        held_postback_count=circuit.held_count,
+        oldest_held_postback_create_time=translate.us_to_timestamp(circuit.oldest_held_create_time_us),
     )
 
 
@@ -221,4 +239,3 @@ class PostbackConfigServicer(postback_config_service_pb2_grpc.PostbackConfigServ
         check = await configs.validate_credentials(self._ctx, game_id, config_id, network, credentials, event_type,
                                                    test_code)
         return check_to_proto(check)
-

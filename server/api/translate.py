@@ -17,7 +17,14 @@ from server.core.events import (
     parse_decimal_value,
 )
 from server.core.postback import decimal_units_text
-from server.core.types import AttemptStatus, DeliveryState, EventType, Network, NoPostbackReason
+from server.core.types import (
+    AttemptStatus,
+    DeliveryState,
+    EventType,
+    FailureReason,
+    Network,
+    NoPostbackReason,
+)
 from server.errors import InvalidArgument, Violations
 from server.services.conversions import ConversionView, PostbackView
 from server.services.ingest import IngestReceipt
@@ -43,6 +50,9 @@ EVENT_TYPE_TO_PROTO = {
 EVENT_TYPE_FROM_PROTO = {v: k for k, v in EVENT_TYPE_TO_PROTO.items()}
 REASON_TO_PROTO = {r: conversion_pb2.NoPostbackReason.Value(f"NO_POSTBACK_REASON_{r.name}") for r in NoPostbackReason}
 STATE_TO_PROTO = {s: conversion_pb2.PostbackState.Value(f"POSTBACK_STATE_{s.name}") for s in DeliveryState}
+FAILURE_REASON_TO_PROTO = {r: conversion_pb2.PostbackFailureReason.Value(f"POSTBACK_FAILURE_REASON_{r.name}")
+                           for r in FailureReason}
+FAILURE_REASON_FROM_PROTO = {v: k for k, v in FAILURE_REASON_TO_PROTO.items()}
 ATTEMPT_STATUS_TO_PROTO = {
     s: delivery_log_pb2.DeliveryAttemptStatus.Value(f"DELIVERY_ATTEMPT_STATUS_{s.name}") for s in AttemptStatus
 }
@@ -431,7 +441,7 @@ def _postback_fields(game_id: str, postback: PostbackView) -> dict[str, object]:
     fields: dict[str, object] = {
         "postback_config": config_name(game_id, postback.config_id),
         "network": NETWORK_TO_PROTO[postback.network],
-        "state": STATE_TO_PROTO[postback.state],
+        "state": conversion_pb2.POSTBACK_STATE_HELD if postback.hold_reason else STATE_TO_PROTO[postback.state],
         "attempt_count": postback.attempt_count,
     }
     if postback.last_attempt_time_us is not None:
@@ -440,6 +450,10 @@ def _postback_fields(game_id: str, postback: PostbackView) -> dict[str, object]:
         fields["next_attempt_time"] = _timestamp_fields(postback.next_attempt_time_us)
     if postback.last_error:
         fields["last_error"] = postback.last_error
+    if postback.failure_reason:
+        fields["failure_reason"] = FAILURE_REASON_TO_PROTO[postback.failure_reason]
+    if postback.hold_reason:
+        fields["hold_reason"] = postback.hold_reason
     return fields
 
 
