@@ -3,6 +3,7 @@
 import collections
 from typing import Any
 
+from google.protobuf import timestamp_pb2
 from sqlalchemy import func, select
 
 from postbacks.v1 import (
@@ -66,6 +67,14 @@ async def config(channel, name: str) -> postback_config_pb2.PostbackConfig:  # t
     response = await config_stub(channel).GetPostbackConfig(
         postback_config_service_pb2.GetPostbackConfigRequest(name=name))
     return response.postback_config
+
+
+async def replay(channel, name: str, *, reasons=(), start: timestamp_pb2.Timestamp | None = None,  # type: ignore[no-untyped-def]
+                 end: timestamp_pb2.Timestamp | None = None) -> tuple[int, int]:
+    """RetryFailedPostbacks: (re-queued, window closed)."""
+    response = await config_stub(channel).RetryFailedPostbacks(postback_config_service_pb2.RetryFailedPostbacksRequest(
+        name=name, failure_reasons=list(reasons), start_time=start, end_time=end))
+    return response.requeued_postback_count, response.window_closed_postback_count
 
 
 async def states(db: Database) -> dict[str, int]:

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from postbacks.v1 import (
+    conversion_pb2,
     delivery_log_pb2,
     event_pb2,
     game_settings_pb2,
@@ -270,6 +271,9 @@ def valid_requests() -> dict[str, message.Message]:
         "ValidatePostbackCredentials": configs.ValidatePostbackCredentialsRequest(
             parent="games/g1", network=network_pb2.NETWORK_REDDIT, credentials=credentials,
             event_type=network_pb2.CONVERSION_EVENT_TYPE_PURCHASE, test_code="T1"),
+        "RetryFailedPostbacks": configs.RetryFailedPostbacksRequest(
+            name="games/g1/postbackConfigs/tt", start_time=when, end_time=timestamp_pb2.Timestamp(seconds=4_000_000_000),
+            failure_reasons=[conversion_pb2.POSTBACK_FAILURE_REASON_PAYLOAD]),
         "ListDeliveryLogs": logs.ListDeliveryLogsRequest(
             parent="games/g1/postbackConfigs/tt", start_time=when, end_time=timestamp_pb2.Timestamp(seconds=4_000_000_000),
             statuses=statuses, event_types=event_types, page_size=5),

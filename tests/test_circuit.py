@@ -1,6 +1,6 @@
 """The circuit breaker end to end: a lapse of credentials or an outage loses no conversion, and sends the network
 sparing probes rather than the backlog; held postbacks survive a kill, go out on rotation, and fail only when their
-window closes."""
+window closes; failed postbacks can be replayed."""
 
 import collections
 import contextlib
@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
+import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,11 +34,12 @@ from tests.circuit_helpers import (
     config,
     owe,
     refused,
+    replay,
     states,
 )
 from tests.conftest import running_app, wait_until
 from tests.conftest import test_settings as settings_for  # aliased: pytest would collect a test_* name
-from tests.dispatch_helpers import config_stub, delivery_logs, request_events, rotate
+from tests.dispatch_helpers import config_stub, delivery_logs, request_events, rotate, set_enabled
 from tests.fakes.fake_network import FakeAdNetwork, NetworkName, Reply
 from tests.process_helpers import ServerProcess, free_port
 
@@ -281,13 +283,13 @@ async def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 # --- windows -----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("network", ["tiktok", "reddit"])
-async def test_a_postback_held_past_its_window_fails_with_its_reason(
+async def test_a_postback_held_past_its_window_fails_with_its_reason_and_is_not_replayed(
         tmp_path, database_url, fake_network, network: NetworkName) -> None:  # type: ignore[no-untyped-def]
     # Windows of seconds: TikTok's counted from the first attempt, Reddit's from the event (2 s old when owed).
     settings = settings_for(tmp_path, database_url, fake_network, retry_tiktok_horizon_s=1.0,
                             retry_reddit_margin_s=7 * 24 * 3600.0 - 3.0, credential_probe_interval_s=0.5)
     async with serving(settings) as (app, channel):
-        await h.create_config(channel, GAME, network=NETWORKS[network])
+        created = await h.create_config(channel, GAME, network=NETWORKS[network])
         fake_network.accept_tokens({"nobody-has-this-token"})
         [event_id] = await owe(channel, GAME, network, 1, seconds_ago=1.0)
 
@@ -298,11 +300,62 @@ async def test_a_postback_held_past_its_window_fails_with_its_reason(
         last = (await delivery_logs(app, event_id))[-1]
         assert (last.status, last.http_status, last.latency_ms) == ("failed", 0, 0)
         assert last.network_message == failed.last_error
+        # Replayed after its window: reported, and left failed.
+        assert await replay(channel, created.name) == (0, 1)
+        assert (await conversion(channel, event_id)).state == POSTBACK.POSTBACK_STATE_FAILED
 
 
 async def _failed(channel, event_id: str) -> conversion_pb2.Postback | None:  # type: ignore[no-untyped-def]
     postback = await conversion(channel, event_id)
     return postback if postback.state == POSTBACK.POSTBACK_STATE_FAILED else None
+
+
+# --- replay ------------------------------------------------------------------------------------------------------
+
+async def test_postbacks_refused_for_their_payload_are_replayed_once_fixed_with_their_dedup_ids(
+        tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+    async with serving(settings_for(tmp_path, database_url, fake_network)) as (app, channel):
+        created = await h.create_config(channel, GAME, network=NETWORKS["tiktok"])
+        fake_network.set_default("tiktok", Reply.tiktok(40002))
+        owed = await owe(channel, GAME, "tiktok", 20)
+        await wait_until(lambda: _all_in(app.db, "failed", 20))
+        assert {(await conversion(channel, event_id)).failure_reason for event_id in owed[:3]} == {
+            REASON.POSTBACK_FAILURE_REASON_PAYLOAD}
+        fake_network.set_default("tiktok", Reply.ok())  # the fault is fixed
+
+        # Selected by reason and by when they were owed.
+        assert await replay(channel, created.name, reasons=[REASON.POSTBACK_FAILURE_REASON_CREDENTIALS]) == (0, 0)
+        assert await replay(channel, created.name, end=h.ts(3600)) == (0, 0)
+        assert await replay(channel, created.name, start=h.ts(3600), end=h.ts(-60),
+                            reasons=[REASON.POSTBACK_FAILURE_REASON_PAYLOAD]) == (20, 0)
+        assert await replay(channel, created.name) == (0, 0)  # pending now: not queued twice
+        await wait_until(lambda: _all_succeeded(app.db, 20))
+        assert await replay(channel, created.name) == (0, 0)  # delivered: nothing to do
+
+    refusals = collections.Counter(e["event_id"] for r in refused(fake_network) for e in request_events(r))
+    assert refusals == collections.Counter(owed)
+    assert accepted_dedup_ids(fake_network) == collections.Counter(owed)  # the same dedup ids, once each
+
+
+async def _all_in(db: Database, state: str, count: int) -> bool:
+    return await states(db) == {state: count}
+
+
+async def test_replay_refuses_what_it_cannot_do(tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+    async with serving(settings_for(tmp_path, database_url, fake_network)) as (_, channel):
+        created = await h.create_config(channel, GAME, network=NETWORKS["tiktok"])
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await replay(channel, f"games/{GAME}/postbackConfigs/nope")
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as backwards:
+            await replay(channel, created.name, start=h.ts(0), end=h.ts(60), reasons=[0])
+        assert backwards.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert set(h.field_violations(backwards.value)) == {"end_time", "failure_reasons[0]"}
+        await set_enabled(channel, created.name, False)
+        with pytest.raises(grpc.aio.AioRpcError) as disabled:
+            await replay(channel, created.name)
+        assert disabled.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert h.error_reason(disabled.value) == "POSTBACK_CONFIG_DISABLED"
 
 
 # --- restart -------------------------------------------------------------------------------------------------------

@@ -128,6 +128,9 @@ async def test_every_rpc_answers_in_json(app: App, http, fake_network) -> None: 
         "attributionLookback"] == "86400s"
     erased = await call("PrivacyService/DeleteUserData", {"parent": "games/g", "userId": "player"})
     assert int(erased["deletedEventCount"]) >= 2
+    replayed = await call("PostbackConfigService/RetryFailedPostbacks", {
+        "name": config["name"], "failureReasons": ["POSTBACK_FAILURE_REASON_PAYLOAD"]})
+    assert replayed == {}  # nothing failed: none re-queued, none past its window (zero counts are left out)
     deleted = await call("PostbackConfigService/DeletePostbackConfig", {"name": config["name"]})
     assert "cancelledPostbackCount" not in deleted or int(deleted["cancelledPostbackCount"]) == 0
 

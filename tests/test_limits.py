@@ -139,6 +139,7 @@ BOUNDS: dict[str, dict[str, Bound]] = {
         "parent": PARENT, "postback_config": config_name(), **{f"credentials.{f}": b for f, b in CREDENTIALS.items()},
         "test_code": length(limits.TEST_CODE, "T"),
     },
+    "RetryFailedPostbacks": {"name": config_name()},
     "ListDeliveryLogs": {"parent": LOG_PARENT, "page_token": token()},
     "StreamDeliveryLogs": {"parent": LOG_PARENT, "resume_token": token()},
     "DeleteUserData": {"parent": PARENT, "user_id": length(limits.PLAYER_ID, "u"),
@@ -182,6 +183,7 @@ def base_request(rpc: str, path: str, serial: int) -> message.Message:
             name=CONFIG, credentials=postback_config_pb2.PostbackCredentials(access_token=h.TIKTOK_TOKEN)),
         "ValidatePostbackCredentials": lambda: postback_config_service_pb2.ValidatePostbackCredentialsRequest(
             parent=parent, network=network_pb2.NETWORK_TIKTOK, credentials=config.credentials),
+        "RetryFailedPostbacks": lambda: postback_config_service_pb2.RetryFailedPostbacksRequest(name=CONFIG),
         "ListDeliveryLogs": lambda: delivery_log_service_pb2.ListDeliveryLogsRequest(parent=CONFIG),
         "StreamDeliveryLogs": lambda: delivery_log_service_pb2.StreamDeliveryLogsRequest(parent=CONFIG),
         "DeleteUserData": lambda: privacy_service_pb2.DeleteUserDataRequest(parent=parent, user_id="nobody"),

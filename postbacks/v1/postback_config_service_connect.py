@@ -38,6 +38,9 @@ class PostbackConfigService(Protocol):
     async def validate_postback_credentials(self, request: postbacks_dot_v1_dot_postback__config__service__pb2.ValidatePostbackCredentialsRequest, ctx: RequestContext) -> postbacks_dot_v1_dot_postback__config__service__pb2.ValidatePostbackCredentialsResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
+    async def retry_failed_postbacks(self, request: postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksRequest, ctx: RequestContext) -> postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
 
 class PostbackConfigServiceASGIApplication(ConnectASGIApplication[PostbackConfigService]):
     def __init__(self, service: PostbackConfigService | AsyncGenerator[PostbackConfigService], *, interceptors: Iterable[Interceptor]=(), read_max_bytes: int | None = None, compressions: Iterable[Compression] | None = None) -> None:
@@ -113,6 +116,16 @@ class PostbackConfigServiceASGIApplication(ConnectASGIApplication[PostbackConfig
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.validate_postback_credentials,
+                ),
+                "/postbacks.v1.PostbackConfigService/RetryFailedPostbacks": Endpoint.unary(
+                    method=MethodInfo(
+                        name="RetryFailedPostbacks",
+                        service_name="postbacks.v1.PostbackConfigService",
+                        input=postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksRequest,
+                        output=postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.retry_failed_postbacks,
                 ),
             },
             interceptors=interceptors,
@@ -267,6 +280,26 @@ class PostbackConfigServiceClient(ConnectClient):
             timeout_ms=timeout_ms,
         )
 
+    async def retry_failed_postbacks(
+        self,
+        request: postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="RetryFailedPostbacks",
+                service_name="postbacks.v1.PostbackConfigService",
+                input=postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksRequest,
+                output=postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
 
 class PostbackConfigServiceSync(Protocol):
     def create_postback_config(self, request: postbacks_dot_v1_dot_postback__config__service__pb2.CreatePostbackConfigRequest, ctx: RequestContext) -> postbacks_dot_v1_dot_postback__config__service__pb2.CreatePostbackConfigResponse:
@@ -282,6 +315,8 @@ class PostbackConfigServiceSync(Protocol):
     def rotate_postback_credentials(self, request: postbacks_dot_v1_dot_postback__config__service__pb2.RotatePostbackCredentialsRequest, ctx: RequestContext) -> postbacks_dot_v1_dot_postback__config__service__pb2.RotatePostbackCredentialsResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def validate_postback_credentials(self, request: postbacks_dot_v1_dot_postback__config__service__pb2.ValidatePostbackCredentialsRequest, ctx: RequestContext) -> postbacks_dot_v1_dot_postback__config__service__pb2.ValidatePostbackCredentialsResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def retry_failed_postbacks(self, request: postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksRequest, ctx: RequestContext) -> postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
 
@@ -358,6 +393,16 @@ class PostbackConfigServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.validate_postback_credentials,
+                ),
+                "/postbacks.v1.PostbackConfigService/RetryFailedPostbacks": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="RetryFailedPostbacks",
+                        service_name="postbacks.v1.PostbackConfigService",
+                        input=postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksRequest,
+                        output=postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.retry_failed_postbacks,
                 ),
             },
             interceptors=interceptors,
@@ -506,6 +551,26 @@ class PostbackConfigServiceClientSync(ConnectClientSync):
                 service_name="postbacks.v1.PostbackConfigService",
                 input=postbacks_dot_v1_dot_postback__config__service__pb2.ValidatePostbackCredentialsRequest,
                 output=postbacks_dot_v1_dot_postback__config__service__pb2.ValidatePostbackCredentialsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    def retry_failed_postbacks(
+        self,
+        request: postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="RetryFailedPostbacks",
+                service_name="postbacks.v1.PostbackConfigService",
+                input=postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksRequest,
+                output=postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,

@@ -56,6 +56,7 @@ METHOD_RULES: dict[str, MethodRule] = {
         ("PostbackConfigService/RotatePostbackCredentials", ADMIN, "name"),
         # The servicer refuses a `postback_config` of another game than `parent`.
         ("PostbackConfigService/ValidatePostbackCredentials", ADMIN, "parent"),
+        ("PostbackConfigService/RetryFailedPostbacks", ADMIN, "name"),
         ("DeliveryLogService/ListDeliveryLogs", ADMIN, "parent"),
         ("DeliveryLogService/StreamDeliveryLogs", ADMIN, "parent"),
         ("PrivacyService/DeleteUserData", ADMIN, "parent"),

@@ -12,9 +12,9 @@ from server.core import configs as rules
 from server.core import limits
 from server.core.circuit import CircuitCause, CircuitState
 from server.core.postback import NetworkCredentials
-from server.core.types import ConfigHealth, EventType, Network
+from server.core.types import ConfigHealth, EventType, FailureReason, Network
 from server.errors import InvalidArgument, Violations
-from server.services import configs
+from server.services import configs, replay
 from server.services.configs import CircuitView, ConfigChanges, ConfigView, NewConfig
 from server.services.credentials import CheckResult, CredentialCheck
 
@@ -63,6 +63,25 @@ def _circuit_to_proto(circuit: CircuitView) -> postback_config_pb2.PostbackCircu
         held_postback_count=circuit.held_count,
         oldest_held_postback_create_time=translate.us_to_timestamp(circuit.oldest_held_create_time_us),
     )
+
+
+def replay_from_proto(request: pb.RetryFailedPostbacksRequest) -> tuple[str, str, int | None, int | None,
+                                                                       frozenset[FailureReason]]:
+    violations = Violations()
+    game_id, config_id = parse_config_name(request.name)
+    start_us = translate.optional_timestamp_to_us(request, "start_time", violations)
+    end_us = translate.optional_timestamp_to_us(request, "end_time", violations)
+    if start_us is not None and end_us is not None and end_us <= start_us:
+        violations.add("end_time", "must be after start_time")
+    reasons = set()
+    for i, value in enumerate(request.failure_reasons):
+        reason = translate.FAILURE_REASON_FROM_PROTO.get(value)
+        if reason is None:
+            violations.add(f"failure_reasons[{i}]", "must be a known POSTBACK_FAILURE_REASON_*, not unspecified")
+        else:
+            reasons.add(reason)
+    violations.raise_if_any()
+    return game_id, config_id, start_us, end_us, frozenset(reasons)
 
 
 def _network(value: int, field_path: str, violations: Violations) -> Network | None:
@@ -239,3 +258,10 @@ class PostbackConfigServicer(postback_config_service_pb2_grpc.PostbackConfigServ
         check = await configs.validate_credentials(self._ctx, game_id, config_id, network, credentials, event_type,
                                                    test_code)
         return check_to_proto(check)
+
+    async def RetryFailedPostbacks(self, request: pb.RetryFailedPostbacksRequest,
+                                   context: grpc.aio.ServicerContext) -> pb.RetryFailedPostbacksResponse:
+        report = await replay.retry_failed_postbacks(self._ctx, *replay_from_proto(request))
+        return pb.RetryFailedPostbacksResponse(requeued_postback_count=report.requeued,
+                                               window_closed_postback_count=report.window_closed)
+
