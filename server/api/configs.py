@@ -264,4 +264,3 @@ class PostbackConfigServicer(postback_config_service_pb2_grpc.PostbackConfigServ
         report = await replay.retry_failed_postbacks(self._ctx, *replay_from_proto(request))
         return pb.RetryFailedPostbacksResponse(requeued_postback_count=report.requeued,
                                                window_closed_postback_count=report.window_closed)
-

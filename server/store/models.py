@@ -176,8 +176,8 @@ class RenderedPostback(Base):
     """A pending postback's event as its network's request carries it, rendered when the conversion was decided:
     a backlog is sent by reading one row per postback, not by joining its conversion and click and rendering them
     again. The row goes when the postback stops being pending. A pending postback without one (owed before this
-    table existed, or its game has had an erasure since) is rendered at send time from the rows that remain; so a
-    release that renders differently deletes these rows in its migration."""
+    table existed, its game has had an erasure since, or it failed and was replayed) is rendered at send time from
+    the rows that remain; so a release that renders differently deletes these rows in its migration."""
 
     __tablename__ = "rendered_postbacks"
 
