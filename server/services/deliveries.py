@@ -284,7 +284,7 @@ def _load_batch_of(ctx: ServiceContext, session: Session, lease: Lease, now_us: 
     target = _target(ctx, config, len(lease.rows)) if config is not None else None
     if target is None:
         return None
-    batch = _load_batch(session, target, lease.rows, now_us, unsendable)
+    batch = _load_batch(session, target, lease.rows, now_us, unsendable, held=lease.probe)
     return batch if batch.deliveries else None
 
 
@@ -395,7 +395,7 @@ def _target(ctx: ServiceContext, config: PostbackConfig, leased: int) -> Target 
 
 
 def _load_batch(session: Session, target: Target, leased: Sequence[Row[Any]], now_us: int,
-                unsendable: dict[int, Unsendable]) -> Batch:
+                unsendable: dict[int, Unsendable], *, held: bool = False) -> Batch:
     """The leased deliveries as postbacks: their events as rendered when the conversions were decided, or rendered
     now from the conversions and their attributed clicks for those kept without (see RenderedPostback). Those the
     network would refuse whatever happens go into `unsendable` instead, with the reason."""
@@ -418,7 +418,8 @@ def _load_batch(session: Session, target: Target, leased: Sequence[Row[Any]], no
             continue  # erased since it was leased, or unsendable
         _, dedup_id, event_type, event_time_us, body = row
         if past_network_window(network, now_us, first_attempt_us, event_time_us):
-            unsendable[delivery_id] = (give_up_reason(network), FailureReason.RETRY_WINDOW_CLOSED)
+            unsendable[delivery_id] = (give_up_reason(network), FailureReason.WINDOW_CLOSED_WHILE_HELD if held
+                                       else FailureReason.RETRY_WINDOW_CLOSED)
         else:
             claimed.append(ClaimedDelivery(delivery_id, dedup_id, _EVENT_TYPES[event_type], event_time_us, body,
                                            attempt_count + 1, first_attempt_us))
@@ -904,8 +905,8 @@ async def fail_held_past_window(ctx: ServiceContext, config_row_ids: Collection[
 
     log_rows = await ctx.db.write(fail)
     if log_rows:
-        ctx.delivery_logs_written()
-        for (network, name), count in Counter((str(r["network"]), str(r["config_id"])) for r in log_rows).items():
-            ctx.metrics.count_attempts(network, AttemptStatus.FAILED.value, count)
-            log.warning("%d postbacks of config %s held past their %s window failed", count, name, network)
+        ctx.delivery_logs_written()  # not attempts for the metrics: no request was made
+        for (game_id, config_id), count in Counter((str(r["game_id"]), str(r["config_id"])) for r in log_rows).items():
+            log.warning("games/%s/postbackConfigs/%s: %d held postbacks failed, %s", game_id, config_id, count,
+                        WINDOW_CLOSED_WHILE_HELD)
     return len(log_rows)
