@@ -39,7 +39,7 @@ from tests.circuit_helpers import (
 )
 from tests.conftest import running_app, wait_until
 from tests.conftest import test_settings as settings_for  # aliased: pytest would collect a test_* name
-from tests.dispatch_helpers import config_stub, delivery_logs, request_events, rotate, set_enabled
+from tests.dispatch_helpers import config_stub, dedup_id, delivery_logs, request_events, rotate, set_enabled
 from tests.fakes.fake_network import FakeAdNetwork, NetworkName, Reply
 from tests.process_helpers import ServerProcess, free_port
 
@@ -147,10 +147,14 @@ async def test_credentials_revoked_mid_stream_hold_the_rest_until_rotation_and_l
             waiting = next(event_id for event_id in owed if event_id not in delivered)
             assert (await conversion(channel, waiting)).state == POSTBACK.POSTBACK_STATE_HELD
 
+            taken_before = len(fake_network.accepted())
             rotated = await rotate(channel, created.name, **lapse.new_credentials())
             rotate_time_s = time.time()
             assert rotated.circuit.state == CIRCUIT.POSTBACK_CIRCUIT_STATE_CLOSED
             await wait_until(lambda: _all_succeeded(db, OWED), timeout=120)
+            # Oldest first: the first batches sent after the rotation (those in flight at once) hold the oldest one.
+            first_after = fake_network.accepted()[taken_before:][:dispatchers * SLOTS + 1]
+            assert waiting in {dedup_id(event) for r in first_after for event in request_events(r)}
 
         # Requests refused during the lapse: the batches a dispatcher had in flight at its first refusal, or was
         # claiming then (it claims no more, nor do the others once the circuit opens: not the backlog's 40), then
