@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import grpc
 from sqlalchemy import func, select
 
-from bench import c_load, traced_server, workload
+from bench import c_load, http_ingest, refused, traced_server, workload
 from bench.fake import PIXEL, TOKEN, CountingFakeNetwork
 from bench.procs import PYTHON, Profiler, ServerProcess, database_cpu_seconds, fresh_database, run_helper
 from postbacks.v1 import (
@@ -118,7 +118,7 @@ class Result:
 
 
 # Ratio benchmarks run in rounds (each with its own ceiling) and report medians; the others run once.
-ROUNDS_OF = ("ingest-unary", "ingest-unary-split", "ingest-batch", "ingest-batch-split", "deliver")
+ROUNDS_OF = ("ingest-unary", "ingest-unary-split", "ingest-batch", "ingest-batch-split", "deliver", "ingest-http")
 
 
 def median_of_rounds(rounds: list[Result]) -> Result:
@@ -143,7 +143,8 @@ def median_of_rounds(rounds: list[Result]) -> Result:
 
 _ROUND_DETAILS = ("without_storage_per_second", "without_storage_ratio", "server_cpu_per_event_us",
                   "dispatcher_cpu_per_postback_us", "postbacks_arrived_during_load",
-                  "four_games_server_cpu_per_event_us", "database_cpu_per_event_us")
+                  "four_games_server_cpu_per_event_us", "database_cpu_per_event_us", "ceiling_cpu_per_call_us",
+                  "without_storage_cpu_per_event_us")
 
 
 @contextlib.asynccontextmanager
@@ -614,4 +615,6 @@ BENCHMARKS: dict[str, Callable[[Options], Awaitable[Result]]] = {
     "latency": latency,
     "latency-split": functools.partial(latency, deployment="split"),
     "memory": memory,
+    **refused.BENCHMARKS,
+    "ingest-http": http_ingest.run,
 }

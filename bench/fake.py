@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from server.core import tiktok
-from tests.fakes.fake_network import FakeAdNetwork, NetworkName
+from tests.fakes.fake_network import FakeAdNetwork, NetworkName, ReceivedRequest
 
 TOKEN = "bench-tiktok-token-0123456789"
 PIXEL = "CBENCHPIXEL01"
@@ -38,16 +38,19 @@ class CountingFakeNetwork(FakeAdNetwork):
         self._reached = asyncio.Event()
 
     async def _record(self, request: web.Request, network: NetworkName, token: str | None,
-                      pixel_id: str | None) -> Any:
+                      pixel_id: str | None) -> ReceivedRequest:
         body = await request.read()
         arrived = time.monotonic()
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            return None
+            payload = None
+        # Handed to the reply, not kept.
+        received = ReceivedRequest(network, request.method, request.path, request.headers, b"", payload, token,
+                                   pixel_id, arrived)
         ids = _dedup_ids(network, payload)
         if any(i.startswith(tiktok.VALIDATION_DEDUP_PREFIX) for i in ids):
-            return payload  # the save-time credential check, not a postback
+            return received  # the save-time credential check, not a postback
         self.requests += 1
         if self.sample_body is None:
             self.sample_body = body
@@ -58,7 +61,10 @@ class CountingFakeNetwork(FakeAdNetwork):
                 self.arrivals[dedup_id] = arrived
         if self._goal and len(self.arrivals) >= self._goal:
             self._reached.set()
-        return payload
+        return received
+
+    def _took_in(self, received: ReceivedRequest, events: int) -> None:
+        """Nothing kept of the requests taken in either."""
 
     def reset(self) -> None:
         self.arrivals.clear()

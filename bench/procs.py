@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 PYTHON = sys.executable
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 _SERVING = re.compile(r"serving gRPC on port (\d+)")
+_SERVING_HTTP = re.compile(r"HTTP \(Connect, pixel\) on port (\d+)")
 
 
 def display_command(argv: Sequence[str]) -> str:
@@ -39,6 +40,7 @@ class ServerProcess:
         self.key_file = key_file
         self.process: asyncio.subprocess.Process | None = None
         self.port = 0
+        self.http_port = 0  # the HTTP API's, when it serves one
         self.key = ""
         self.ready_at = 0.0  # time.monotonic() when it said it serves
 
@@ -49,7 +51,8 @@ class ServerProcess:
         """`python -m server` on a free port of 127.0.0.1, in development mode for its full-access key."""
         data_dir.mkdir(parents=True, exist_ok=True)
         key_file = data_dir / "dev.key"
-        argv = [PYTHON, "-m", module, "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
+        argv = [PYTHON, "-m", module, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+                "--data-dir", str(data_dir),
                 "--database-url", database_url, "--dev-key-file", str(key_file), "--role", role]
         if tiktok_base_url:
             argv += ["--tiktok-base-url", tiktok_base_url]
@@ -80,6 +83,8 @@ class ServerProcess:
                 if match:
                     self.ready_at = time.monotonic()
                     self.port = int(match.group(1))
+                    if http := _SERVING_HTTP.search(line.decode()):
+                        self.http_port = int(http.group(1))
                     break
         if self.key_file is not None:
             self.key = self.key_file.read_text().strip()

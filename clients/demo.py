@@ -30,7 +30,7 @@ async def start_service(data_dir: pathlib.Path, fake: FakeAdNetwork) -> tuple[as
     """The real server process on a free port, pointed at the fake network, in development mode."""
     key_file = data_dir / "dev.key"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
+        sys.executable, "-m", "server", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", str(data_dir),
         "--tiktok-base-url", fake.tiktok_base_url, "--reddit-base-url", fake.reddit_base_url,
         "--dev-key-file", str(key_file), "--retry-base-delay-s", "1", "--log-level", "WARNING",
         stdout=asyncio.subprocess.PIPE)

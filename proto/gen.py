@@ -1,4 +1,5 @@
-"""Generates the Python contracts in postbacks/v1/ from proto/; with --check, fails if they are stale."""
+"""Generates the Python contracts (messages, gRPC and Connect stubs) in postbacks/v1/ from proto/; with --check,
+fails if they are stale."""
 
 import argparse
 import filecmp
@@ -20,6 +21,8 @@ INIT_DOCSTRINGS = {
 def generate(out_dir: pathlib.Path) -> None:
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
     well_known = pathlib.Path(protoc.__file__).parent / "_proto"
+    # The Connect generator is a binary that its PyPI package installs beside this interpreter.
+    connect_plugin = pathlib.Path(sys.executable).parent / "protoc-gen-connect-python"
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
@@ -27,6 +30,8 @@ def generate(out_dir: pathlib.Path) -> None:
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
+        f"--plugin=protoc-gen-connect-python={connect_plugin}",
+        f"--connect-python_out={out_dir}",
         *protos,
     ]
     if protoc.main(args) != 0:

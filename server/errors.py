@@ -88,3 +88,7 @@ class Violations:
     def raise_if_any(self) -> None:
         if self.items:
             raise InvalidArgument(self.items)
+
+
+class StartupError(Exception):
+    """The process cannot start as configured. The message is one line that says what to change."""

@@ -16,6 +16,7 @@ from prometheus_client import (
 )
 
 from server.core.events import EventKind, NewEvent
+from server.core.postback import Outcome
 from server.core.types import AttemptStatus, Network, NoPostbackReason
 
 log = logging.getLogger("postbacks.metrics")
@@ -53,6 +54,16 @@ class Metrics:
         self.outbox_oldest_age = Gauge(
             "postbacks_outbox_oldest_pending_age_seconds", "Age of the oldest postback not yet delivered; 0 when "
             "none is pending.", registry=self.registry)
+        self.circuit_probes = Counter(
+            "postbacks_circuit_probes", "Probe requests of configs whose circuit is open, by network and outcome "
+            "(success and failed_payload close the circuit).", ["network", "outcome"], registry=self.registry)
+        self.open_circuits = Gauge(
+            "postbacks_circuit_open", "1 for each postback config whose circuit is open, by config, cause "
+            "(credentials, transient) and state (open, probing), as of the scrape; a closed circuit has no series.",
+            ["postback_config", "cause", "state"], registry=self.registry)
+        self.held_postbacks = Gauge(
+            "postbacks_held_postbacks", "Postbacks held by a config's open circuit, by config, as of the scrape.",
+            ["postback_config"], registry=self.registry)
         self.open_log_streams = Gauge(
             "postbacks_log_streams_open", "StreamDeliveryLogs calls open on this process.", registry=self.registry)
         # Every known series starts at 0, so a rate over the first occurrence is not lost and dashboards are not empty.
@@ -62,6 +73,8 @@ class Metrics:
         for reason in NoPostbackReason:
             self.conversions.labels(decision="no_postback", reason=reason.value)
         for network in Network:
+            for outcome in Outcome:
+                self.circuit_probes.labels(network=network.value, outcome=outcome.value)
             self.attempt_latency.labels(network=network.value)
             for status in AttemptStatus:
                 self.delivery_attempts.labels(network=network.value, outcome=status.value)
@@ -93,6 +106,18 @@ class Metrics:
     def set_outbox(self, pending: int, oldest_age_s: float) -> None:
         self.outbox_pending.set(pending)
         self.outbox_oldest_age.set(oldest_age_s)
+
+    def count_probe(self, network: str, outcome: str) -> None:
+        """After a probe's record commits."""
+        self.circuit_probes.labels(network=network, outcome=outcome).inc()
+
+    def set_circuits(self, open_circuits: Iterable[tuple[str, str, str, int]]) -> None:
+        """Each open circuit as (config name, cause, state, held postbacks); circuits closed since go away."""
+        self.open_circuits.clear()
+        self.held_postbacks.clear()
+        for name, cause, state, held in open_circuits:
+            self.open_circuits.labels(postback_config=name, cause=cause, state=state).set(1)
+            self.held_postbacks.labels(postback_config=name).set(held)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

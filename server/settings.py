@@ -17,6 +17,8 @@ def _setting(default: Any, help_text: str, **extra: Any) -> Any:
 @dataclass(frozen=True)
 class Settings:
     listen: str = _setting("127.0.0.1:50051", "address the gRPC server listens on (host:port; port 0 picks a free one)")
+    http_listen: str = _setting("127.0.0.1:8080", "address the HTTP API (Connect protocol, JSON or binary) and the web "
+                                                  "pixel listen on (host:port; port 0 picks a free one; off when empty)")
     data_dir: str = _setting("data", "directory for the embedded SQLite database and the generated secret key")
     database_url: str = _setting("", "SQLAlchemy URL; default sqlite+aiosqlite:///<data_dir>/postbacks.db. "
                                      "PostgreSQL: postgresql+asyncpg://user@host/db")
@@ -43,12 +45,18 @@ class Settings:
     http_connect_timeout_s: float = _setting(5.0, "connect timeout for requests to the networks")
     http_total_timeout_s: float = _setting(20.0, "total timeout for one request to a network")
     rate_limit_per_config: float = _setting(50.0, "network requests per second per postback config")
-    retry_base_delay_s: float = _setting(30.0, "first retry delay (then doubled, jittered)")
-    retry_max_delay_s: float = _setting(3600.0, "longest delay between two attempts")
+    retry_base_delay_s: float = _setting(30.0, "first retry delay (then doubled, jittered); during an outage, also "
+                                               "the delay before a config's first probe")
+    retry_max_delay_s: float = _setting(3600.0, "longest delay between two attempts, or two probes of an outage")
     retry_tiktok_horizon_s: float = _setting(24 * 3600.0, "TikTok: stop retrying this long after the first "
                                                           "attempt (TikTok deduplicates for 48 h)")
     retry_reddit_margin_s: float = _setting(3600.0, "Reddit: stop retrying this long before the event is 7 days "
                                                     "old (Reddit refuses older events)")
+    credential_probe_interval_s: float = _setting(600.0, "while a config's credentials are refused, its postbacks "
+                                                         "are held and one probe request goes this long after the "
+                                                         "refusal, then at doubling intervals")
+    credential_probe_max_interval_s: float = _setting(3600.0, "the longest interval between two probes of refused "
+                                                              "credentials")
     # Observability and retention.
     metrics_listen: str = _setting("", "host:port for the Prometheus /metrics endpoint; off when empty")
     log_retention_days: int = _setting(30, "days delivery-log entries are kept")
@@ -73,6 +81,12 @@ class Settings:
                                            "within this time")
     max_receive_message_bytes: int = _setting(4 * 1024 * 1024, "largest request message accepted, in bytes")
     max_streams_per_key: int = _setting(8, "open StreamDeliveryLogs streams allowed per API key at once, per server")
+    trusted_proxy: str = _setting("", "comma-separated CIDRs of the proxies in front of the HTTP API whose "
+                                      "X-Forwarded-For is believed (publishable keys: the client address)")
+    publishable_rate_per_ip: float = _setting(20.0, "publishable keys: requests per second per client address, per "
+                                                    "server (bursts of twice as many)")
+    publishable_rate_per_key: float = _setting(1000.0, "publishable keys: requests per second per key, per server "
+                                                       "(bursts of twice as many)")
 
     @property
     def resolved_database_url(self) -> str:

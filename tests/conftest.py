@@ -90,6 +90,7 @@ def test_settings(tmp_path, database_url: str, fake: FakeAdNetwork, **overrides)
     return Settings(**{
         "dev_key_file": str(tmp_path / "data" / "dev.key"),
         "listen": "127.0.0.1:0",
+        "http_listen": "127.0.0.1:0",
         "data_dir": str(tmp_path / "data"),
         "database_url": database_url,
         "tiktok_base_url": fake.tiktok_base_url,
@@ -108,12 +109,14 @@ def test_settings(tmp_path, database_url: str, fake: FakeAdNetwork, **overrides)
 async def running_app(settings: Settings) -> AsyncIterator[App]:
     app = App(settings)
     await app.start()
+    ports = [port for port in (app.port, app.http_port) if port]
     if app.dev_key:
-        API_KEYS_BY_PORT[app.port] = app.dev_key  # type: ignore[index]
+        API_KEYS_BY_PORT.update(dict.fromkeys(ports, app.dev_key))
     try:
         yield app
     finally:
-        API_KEYS_BY_PORT.pop(app.port, None)  # type: ignore[arg-type]
+        for port in ports:
+            API_KEYS_BY_PORT.pop(port, None)
         await app.stop(grace_s=0.5)
 
 

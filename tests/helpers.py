@@ -171,3 +171,31 @@ async def grpcurl(port: int, *args: str, data: dict | None = None, headers: dict
 
 def rfc3339(seconds_ago: float = 0.0) -> str:
     return datetime.datetime.fromtimestamp(time.time() - seconds_ago, datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- the HTTP API (Connect protocol) ------------------------------------------------------------------------------
+
+async def http_call(session, port: int, method: str, body: dict | bytes, *, key: str | None = "",  # type: ignore[no-untyped-def, type-arg]
+                    headers: dict[str, str] | None = None) -> tuple[int, dict, dict[str, str]]:  # type: ignore[type-arg]
+    """One unary Connect call (`EventService/IngestEvent`) in JSON, or binary protobuf when `body` is bytes. `key`
+    "" sends the server's full-access key, None sends none. Returns (HTTP status, JSON body, response headers)."""
+    sent = {"content-type": "application/proto" if isinstance(body, bytes) else "application/json", **(headers or {})}
+    key = API_KEYS_BY_PORT.get(port) if key == "" else key
+    if key:
+        sent.setdefault("authorization", f"Bearer {key}")
+    async with session.post(f"http://127.0.0.1:{port}/postbacks.v1.{method}", headers=sent,
+                            data=body if isinstance(body, bytes) else json.dumps(body)) as response:
+        raw = await response.read()
+        if response.content_type == "application/proto":
+            return response.status, {"proto": raw}, dict(response.headers)
+        return response.status, json.loads(raw) if raw else {}, dict(response.headers)
+
+
+def connect_error_details(body: dict) -> dict[str, dict]:  # type: ignore[type-arg]
+    """A Connect error's details by type (`google.rpc.BadRequest`), each as its JSON (`debug`) form."""
+    return {detail["type"]: detail.get("debug", {}) for detail in body.get("details", [])}
+
+
+def connect_field_violations(body: dict) -> dict[str, str]:  # type: ignore[type-arg]
+    violations = connect_error_details(body).get("google.rpc.BadRequest", {}).get("fieldViolations", [])
+    return {v["field"]: v["description"] for v in violations}

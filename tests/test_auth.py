@@ -28,6 +28,7 @@ from postbacks.v1 import (
 )
 from server.api.auth import METHOD_RULES
 from server.app import SERVICE_NAMES, App
+from server.core import limits
 from server.core.access import KeyKind, key_digest
 from server.secrets import read_private_file
 from server.services import api_keys
@@ -95,11 +96,14 @@ def test_every_rpc_has_a_rule_naming_a_string_field_of_its_request() -> None:
 
 @pytest.mark.parametrize(("authorization", "reason"), [
     (None, "API_KEY_MISSING"),
-    ("Basic dXNlcjpwYXNz", "API_KEY_MISSING"),
+    ("", "API_KEY_MISSING"),
+    ("Basic dXNlcjpwYXNz", "API_KEY_NOT_BEARER"),
+    ("pbk_00000000_a-key-sent-without-its-scheme", "API_KEY_NOT_BEARER"),
+    ("Bearer", "API_KEY_NOT_BEARER"),
     ("Bearer pbk_00000000_not-a-key-this-service-made", "API_KEY_INVALID"),
 ])
 async def test_calls_without_a_valid_key_are_unauthenticated(app: App, authorization, reason) -> None:  # type: ignore[no-untyped-def]
-    metadata = (("authorization", authorization),) if authorization else ()
+    metadata = (("authorization", authorization),) if authorization is not None else ()
     async with key_channel(app.port, None) as ch:  # type: ignore[arg-type]
         unary = await rpc_error(events(ch).IngestEvent(event_service_pb2.IngestEventRequest(
             parent="games/g", event=launch("l1", user_id="p")), metadata=metadata))
@@ -109,6 +113,8 @@ async def test_calls_without_a_valid_key_are_unauthenticated(app: App, authoriza
     for error in (unary, streamed):
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
         assert error_reason(error) == reason
+        if reason == "API_KEY_NOT_BEARER":  # says what to fix, and never echoes what was sent
+            assert "`Bearer <key>`" in (error.details() or "") and "its-scheme" not in (error.details() or "")
     async with authorized_channel(app) as ch:
         missing = await rpc_error(events(ch).GetConversion(event_service_pb2.GetConversionRequest(
             name="games/g/conversions/l1")))
@@ -213,6 +219,30 @@ async def test_key_commands_create_list_and_revoke_and_store_only_a_hash(app: Ap
     (line,) = [line for line in listing.splitlines() if line.startswith(key_id)]
     assert line.split()[3] != "-"  # the revocation time
 
+    code, _, err = await run_cli(app, "keys", "create", "--kind", "admin", "--label", "x" * (limits.API_KEY_LABEL + 1))
+    assert code != 0 and f"at most {limits.API_KEY_LABEL}" in err  # longer than the column keeps
+
+
+async def test_publishable_keys_are_created_for_one_game_and_listed_origins(app: App) -> None:
+    code, out, err = await run_cli(app, "keys", "create", "--kind", "publishable", "--game", "a",
+                                   "--origin", "https://www.MyGame.com/", "--origin", "http://localhost:8000")
+    assert code == 0, err
+    key_id = out.strip().split("_")[1]
+    assert "from http://localhost:8000, https://www.mygame.com" in err
+    code, listing, err = await run_cli(app, "keys", "list")
+    (line,) = [line for line in listing.splitlines() if line.startswith(key_id)]
+    assert "publishable" in line and "origins: http://localhost:8000 https://www.mygame.com" in line
+
+    for args, problem in (
+        (["--game", "a"], "needs at least one origin"),
+        (["--game", "a", "--origin", "https://www.mygame.com/landing"], "must be a web origin"),
+        (["--game", "a", "--game", "b", "--origin", "https://www.mygame.com"], "exactly one game"),
+    ):
+        code, _, err = await run_cli(app, "keys", "create", "--kind", "publishable", *args)
+        assert code != 0 and problem in err, (args, err)
+    code, _, err = await run_cli(app, "keys", "create", "--kind", "ingest", "--game", "a", "--origin", "https://x.com")
+    assert code != 0 and "only a publishable key" in err
+
 
 async def test_the_development_key_is_owner_only_reused_and_refused_outside_development_mode(
         tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
@@ -314,3 +344,23 @@ async def test_oversized_fields_are_refused_by_name(channel) -> None:  # type: i
     assert "names 5000 fields; at most 16" in (many_paths.details() or "")
     assert len(many_paths.details() or "") < 2000  # the answer does not grow with the request
     assert len(long_path.details() or "") < 500
+
+
+async def test_concurrent_calls_are_each_judged_by_their_own_key(app: App) -> None:
+    """The key is checked before the request is read and the game after: each call's own grant must reach its handler,
+    however the calls of several keys interleave."""
+    own, other = await make_key(app, KeyKind.INGEST, "a"), await make_key(app, KeyKind.INGEST, "b")
+    async with key_channel(app.port, None) as ch:  # type: ignore[arg-type]
+        async def call(i: int) -> grpc.StatusCode:
+            key = (own, other, None)[i % 3]
+            try:
+                await events(ch).IngestEvent(event_service_pb2.IngestEventRequest(
+                    parent="games/a", event=launch(f"l{i}", user_id="p")),
+                    metadata=(("authorization", f"Bearer {key}"),) if key else ())
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+            return grpc.StatusCode.OK
+
+        codes = await asyncio.gather(*(call(i) for i in range(150)))
+    expected = (grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+    assert [c for i, c in enumerate(codes) if c != expected[i % 3]] == []

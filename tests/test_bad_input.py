@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from postbacks.v1 import (
+    conversion_pb2,
     delivery_log_pb2,
     event_pb2,
     game_settings_pb2,
@@ -39,6 +40,8 @@ from postbacks.v1 import postback_config_service_pb2 as configs
 from postbacks.v1 import privacy_service_pb2 as privacy
 from server.app import SERVICE_NAMES
 from server.core import page_tokens
+from server.core.access import KeyKind
+from server.services import api_keys
 from server.store.db import Database
 from server.store.models import Base
 from tests import helpers as h
@@ -106,9 +109,10 @@ class Caller:
     """Sends raw request bytes (identity serializers) over a blocking channel from a worker thread, and checks
     each answer: a clear status, and no change to the stored data when the call was refused."""
 
-    def __init__(self, server: ServerProcess, db: Database, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, server: ServerProcess, db: Database, keys: dict[str, str],
+                 loop: asyncio.AbstractEventLoop) -> None:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-        self.key = server.dev_key
+        self.keys = keys
         self.db = db
         self.loop = loop
         self.calls = 0
@@ -134,9 +138,12 @@ class Caller:
         return Outcome(grpc.StatusCode.OK, "")
 
     def call(self, rpc: Rpc, payload: bytes | message.Message, *, key: str | None = "dev", what: str = "") -> Outcome:
+        """`key` names one of the server's keys (KEYS) or is sent as it is."""
         if isinstance(payload, message.Message):
             payload = payload.SerializeToString()
-        outcome = self.raw_call(rpc, payload, self.key if key == "dev" else key)
+        if key == OTHER_GAME:  # a valid key, of the right kind for the method, for a game other than g1
+            key = f"{OTHER_GAME} {'ingest' if rpc.path.startswith('/postbacks.v1.EventService/') else 'admin'}"
+        outcome = self.raw_call(rpc, payload, self.keys.get(key, key) if key else None)
         self.calls += 1
         self.codes[outcome.code] = self.codes.get(outcome.code, 0) + 1
         context = f"{rpc.name} {what}: {outcome.code.name} {outcome.details[:300]!r}; request {payload[:200]!r}"
@@ -155,12 +162,19 @@ class Caller:
         self.channel.close()
 
 
+OTHER_GAME = "other game"
+
+
 @contextlib.asynccontextmanager
-async def bad_input_server(tmp_path, database_url, fake_network) -> AsyncIterator[tuple[ServerProcess, Database]]:  # type: ignore[no-untyped-def]
+async def bad_input_server(tmp_path, database_url, fake_network) -> AsyncIterator[  # type: ignore[no-untyped-def]
+        tuple[ServerProcess, Database, dict[str, str]]]:
     """A database with configs, conversions and delivery logs in game g1; then the API alone (no dispatcher, so
-    nothing changes the data but the calls under test) as a subprocess on it."""
+    nothing changes the data but the calls under test) as a subprocess on it. Yields it, the database, and its keys
+    by name: "dev" (every game) and an ingest and an admin key of game g2 only."""
     seed = settings_for(tmp_path, database_url, fake_network)
     async with running_app(seed) as app, h.authorized_channel(app) as channel:
+        keys = {f"{OTHER_GAME} {kind.value}": (await api_keys.create_key(app.ctx, kind, ["g2"]))[0]
+                for kind in (KeyKind.INGEST, KeyKind.ADMIN)}
         await h.create_config(channel, "g1", network=network_pb2.NETWORK_TIKTOK, config_id="tt")
         await h.create_config(channel, "g1", network=network_pb2.NETWORK_REDDIT, config_id="rd")
         await batch_ingest(channel, "g1", [
@@ -171,7 +185,8 @@ async def bad_input_server(tmp_path, database_url, fake_network) -> AsyncIterato
     try:
         async with ServerProcess(seed.replace(role="api"), tmp_path / "logs") as server:
             await server.start()
-            yield server, db
+            assert server.dev_key
+            yield server, db, {"dev": server.dev_key, **keys}
             assert server.running, f"the server died:\n{server.output()}"
             assert "unexpected error" not in server.logs(), server.logs()[-6000:]
     finally:
@@ -182,12 +197,12 @@ async def _logged(app, count: int) -> bool:  # type: ignore[no-untyped-def]
     return len(await delivery_logs(app)) >= count
 
 
-async def in_thread(server: ServerProcess, db: Database, work: Callable[[Caller], None]) -> Caller:
+async def in_thread(server: ServerProcess, db: Database, keys: dict[str, str], work: Callable[[Caller], None]) -> Caller:
     """Runs blocking calls in a worker thread while this loop serves the fake network and the snapshots."""
     loop = asyncio.get_running_loop()
 
     def run() -> Caller:
-        caller = Caller(server, db, loop)
+        caller = Caller(server, db, keys, loop)
         try:
             work(caller)
             caller.assert_serving()
@@ -231,7 +246,7 @@ def valid_requests() -> dict[str, message.Message]:
                             email="fz@example.com", ip_address="203.0.113.9", user_agent="Fuzz/1.0",
                             purchase=event_pb2.Purchase(value="1.50", currency="USD", order_id="o1", item_ids=["i1"]))
     click = event_pb2.Event(event_id="fz-c", event_time=when, anonymous_id="fz-a", ad_click=event_pb2.AdClick(
-        network=network_pb2.NETWORK_TIKTOK, click_id="TTFZ", landing_url="https://game.example/"))
+        landing_url="https://game.example/?ttclid=TTFZ"))  # the network and click id come from the URL
     config = postback_config_pb2.PostbackConfig(
         name="games/g1/postbackConfigs/tt", display_name="fuzzed", network=network_pb2.NETWORK_TIKTOK,
         credentials=postback_config_pb2.PostbackCredentials(access_token=h.TIKTOK_TOKEN, pixel_id="CTPIXEL9"),
@@ -256,6 +271,9 @@ def valid_requests() -> dict[str, message.Message]:
         "ValidatePostbackCredentials": configs.ValidatePostbackCredentialsRequest(
             parent="games/g1", network=network_pb2.NETWORK_REDDIT, credentials=credentials,
             event_type=network_pb2.CONVERSION_EVENT_TYPE_PURCHASE, test_code="T1"),
+        "RetryFailedPostbacks": configs.RetryFailedPostbacksRequest(
+            name="games/g1/postbackConfigs/tt", start_time=when, end_time=timestamp_pb2.Timestamp(seconds=4_000_000_000),
+            failure_reasons=[conversion_pb2.POSTBACK_FAILURE_REASON_PAYLOAD]),
         "ListDeliveryLogs": logs.ListDeliveryLogsRequest(
             parent="games/g1/postbackConfigs/tt", start_time=when, end_time=timestamp_pb2.Timestamp(seconds=4_000_000_000),
             statuses=statuses, event_types=event_types, page_size=5),
@@ -411,7 +429,7 @@ def forged(rpc: Rpc) -> Iterator[tuple[str, bytes]]:
 
 
 async def test_every_rpc_answers_malformed_requests_with_clear_errors(tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
-    async with bad_input_server(tmp_path, database_url, fake_network) as (server, db):
+    async with bad_input_server(tmp_path, database_url, fake_network) as (server, db, keys):
         def work(caller: Caller) -> None:
             undecodable = []
             for rpc in RPCS:
@@ -420,13 +438,13 @@ async def test_every_rpc_answers_malformed_requests_with_clear_errors(tmp_path, 
                     if "UTF-8" in what or what in ("not protobuf", "a length past the end", "truncated by one byte"):
                         undecodable.append((rpc.name, what, outcome.code))
                 # Without a key, or with a wrong one, nothing is decoded into a change either.
-                for key in (None, "not-a-key", "pb_0123abcd_" + "A" * 43):
+                for key in (None, "not-a-key", "pb_0123abcd_" + "A" * 43, OTHER_GAME):
                     caller.call(rpc, fresh(rpc), key=key, what=f"key {key!r}")
             # A request the server cannot decode is the caller's mistake, and says so.
             assert {code for _, _, code in undecodable} == {grpc.StatusCode.INVALID_ARGUMENT}, [
                 u for u in undecodable if u[2] != grpc.StatusCode.INVALID_ARGUMENT][:10]
 
-        caller = await in_thread(server, db, work)
+        caller = await in_thread(server, db, keys, work)
         assert caller.codes.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > caller.calls // 2
 
 
@@ -438,16 +456,22 @@ NAMES = ("games/g1", "games/g2", "games/g1/postbackConfigs/tt", "games/g1/postba
 PLAIN = ("", " ", "u1", "u2", "p1", "c1", "tt", h.TIKTOK_TOKEN, h.REDDIT_TOKEN, "CTPIXEL123", "a2_pixel42",
          "player@example.com", "9.99", "-1", "1e400", "NaN", "USD", "usd", "XXX", "https://game.example/?ttclid=T1",
          "display_name", "enabled", "trigger_events", "credentials", "attribution_lookback", "203.0.113.7", "::1")
+# Landing URLs whose click id parameter is past the click id's limit, or decodes to control characters.
+CLICK_URLS = ("https://game.example/?ttclid=" + "a" * 513, "https://game.example/?utm=x&rdt_cid=" + "r" * 600,
+              "https://game.example/?ttclid=%00", "https://game.example/?rdt_cid=%1b%5b2J", "https://g.example/?ttclid=é")
 WEIRD = ("\x00", "a\x00b", "\t\n\r", "\x7f", "\u202e", "\ufeff", "\U0001f600" * 40, "é" * 300, HUGE,
          "'; DROP TABLE events; --", "%00", "\\", "..", "\uffff")
 
 
 def strings() -> st.SearchStrategy[str]:
     return st.one_of(st.sampled_from(NAMES), st.sampled_from(PLAIN), st.sampled_from(WEIRD), st.text(max_size=40),
+                     st.sampled_from(CLICK_URLS),
                      st.builds(lambda a, b: a + b, st.sampled_from(NAMES + PLAIN), st.sampled_from(WEIRD)))
 
 
 def scalars(field: FD) -> st.SearchStrategy:  # type: ignore[type-arg]
+    if field.name == "landing_url":  # where a click id may come from
+        return st.one_of(st.sampled_from(CLICK_URLS), strings())
     if field.type == FD.TYPE_STRING:
         return strings()
     if field.type == FD.TYPE_BOOL:
@@ -457,8 +481,10 @@ def scalars(field: FD) -> st.SearchStrategy:  # type: ignore[type-arg]
         return st.one_of(st.sampled_from(known), st.integers(-2**31, 2**31 - 1))
     if field.type in INT_RANGES:
         low, high = INT_RANGES[field.type]
-        return st.one_of(st.integers(low, high), st.sampled_from([0, 1, -1 if low else 0, low, high]),
-                         st.integers(0, 3_000_000_000))
+        # Past the ranges of a Timestamp's or Duration's fields too: nanos of a whole second, seconds past year 9999.
+        edges = [v for v in (0, 1, -1, low, high, 999_999_999, 1_000_000_000, 253_402_300_800, -62_135_596_801)
+                 if low <= v <= high]
+        return st.one_of(st.integers(low, high), st.sampled_from(edges), st.integers(0, min(high, 3_000_000_000)))
     if field.type in (FD.TYPE_DOUBLE, FD.TYPE_FLOAT):
         return st.floats(allow_nan=True, allow_infinity=True, width=32 if field.type == FD.TYPE_FLOAT else 64)
     if field.type == FD.TYPE_BYTES:
@@ -496,7 +522,8 @@ def messages(draw, desc: descriptor.Descriptor, depth: int = 0) -> message.Messa
 @st.composite
 def requests(draw) -> tuple[Rpc, bytes, str, str | None]:  # type: ignore[no-untyped-def]
     """A request for some RPC: its valid request with a few fields generated, or a wholly generated one, or
-    another method's; sent as is or damaged on the wire; with the dev key mostly, else none or a wrong one."""
+    another method's; sent as is or damaged on the wire; with the dev key mostly, else none, a wrong one or another
+    game's."""
     rpc = draw(st.sampled_from(RPCS))
     source = draw(st.sampled_from(["valid, fields generated"] * 4 + ["generated", "generated", "other method"]))
     if source == "other method":
@@ -510,7 +537,7 @@ def requests(draw) -> tuple[Rpc, bytes, str, str | None]:  # type: ignore[no-unt
             values = st.lists(scalars(path[-1]), max_size=3) if path[-1].is_repeated else scalars(path[-1])
             msg = with_value(msg, path, _set(draw(values)))
     data = msg.SerializeToString()
-    damage = draw(st.sampled_from(["none"] * 6 + ["truncate", "flip", "invalid UTF-8", "random bytes"]))
+    damage = draw(st.sampled_from(["none"] * 6 + ["truncate", "flip", "invalid UTF-8", "random bytes", "unknown field"]))
     if damage == "truncate" and data:
         data = data[: draw(st.integers(0, len(data) - 1))]
     elif damage == "flip" and data:
@@ -521,15 +548,20 @@ def requests(draw) -> tuple[Rpc, bytes, str, str | None]:  # type: ignore[no-unt
         data += nested_bytes(draw(st.sampled_from(paths)), draw(st.sampled_from(INVALID_UTF8)))
     elif damage == "random bytes":
         data = draw(st.binary(max_size=200))
-    key = draw(st.sampled_from(["dev"] * 8 + [None, "garbage"]))
+    elif damage == "unknown field":  # a field of a later version of the contract: proto3 keeps it and reads on
+        number = draw(st.integers(100, 536_870_911))
+        data += draw(st.sampled_from([varint(number << 3) + varint(draw(st.integers(0, 2**64 - 1))),
+                                      length_delimited(number, draw(st.binary(max_size=64))),
+                                      varint(number << 3 | 5) + b"\x01\x02\x03\x04"]))
+    key = draw(st.sampled_from(["dev"] * 8 + [None, "garbage", OTHER_GAME]))
     return rpc, data, f"{source}, damage {damage}", key
 
 
 async def test_generated_requests_to_every_rpc_get_clear_errors_and_change_nothing_when_refused(
         tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
-    async with bad_input_server(tmp_path, database_url, fake_network) as (server, db):
+    async with bad_input_server(tmp_path, database_url, fake_network) as (server, db, keys):
         def work(caller: Caller) -> None:
-            @settings(max_examples=250, deadline=None, database=None, derandomize=True,
+            @settings(max_examples=300, deadline=None, database=None, derandomize=True,
                       suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
             @given(requests())
             def one_request(request: tuple[Rpc, bytes, str, str | None]) -> None:
@@ -538,6 +570,6 @@ async def test_generated_requests_to_every_rpc_get_clear_errors_and_change_nothi
 
             one_request()
 
-        caller = await in_thread(server, db, work)
+        caller = await in_thread(server, db, keys, work)
         # The generator reaches past validation too: some generated requests are accepted.
         assert caller.codes.get(grpc.StatusCode.OK, 0) > 0, caller.codes

@@ -141,3 +141,16 @@ async def test_game_settings_default_then_update_within_bounds(channel) -> None:
     got = (await settings.GetGameSettings(game_settings_service_pb2.GetGameSettingsRequest(
         name="games/g/settings"))).game_settings
     assert got.attribution_lookback.seconds == 28 * 86400
+
+
+@pytest.mark.parametrize(("seconds", "nanos"), [(3 * 86400, 1_000_000_000), (3 * 86400, -1), (2 * 86400, 2**31 - 1),
+                                                (315_576_000_001, 0)])
+async def test_a_lookback_outside_durations_range_is_refused(channel, seconds: int, nanos: int) -> None:  # type: ignore[no-untyped-def]
+    """Nanos of a second or more, or of the other sign, would read as a lookback the seconds do not say."""
+    settings = game_settings_service_pb2_grpc.GameSettingsServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await settings.UpdateGameSettings(game_settings_service_pb2.UpdateGameSettingsRequest(
+            game_settings=game_settings_pb2.GameSettings(
+                name="games/g/settings", attribution_lookback=duration_pb2.Duration(seconds=seconds, nanos=nanos)),
+            update_mask=field_mask_pb2.FieldMask(paths=["attribution_lookback"])))
+    assert "game_settings.attribution_lookback" in field_violations(error.value)

@@ -41,6 +41,7 @@ from tests.fakes.fake_network import Reply
 TIKTOK = network_pb2.NETWORK_TIKTOK
 REDDIT = network_pb2.NETWORK_REDDIT
 HEALTH = postback_config_pb2.PostbackConfigHealth
+CIRCUIT = postback_config_pb2.PostbackCircuitState
 OK = Classification(Outcome.SUCCESS, 200, "0", "OK", "req-1")
 
 
@@ -173,7 +174,7 @@ async def _statuses_are(app, conversion_event_id: str, expected: list[str]) -> b
     return await statuses(app, conversion_event_id) == expected
 
 
-async def test_tiktok_auth_code_in_http_200_fails_once_and_marks_credentials_until_rotated(
+async def test_a_tiktok_auth_code_in_http_200_holds_the_postback_and_marks_credentials_until_rotated(
         app, channel, fake_network) -> None:
     config = await h.create_config(channel, "g1", network=TIKTOK)
     assert config.health == HEALTH.POSTBACK_CONFIG_HEALTH_NO_RECENT_ACTIVITY
@@ -181,23 +182,29 @@ async def test_tiktok_auth_code_in_http_200_fails_once_and_marks_credentials_unt
     await h.ingest(channel, "g1", h.click("c1", user_id="u1", landing_url="https://game.example/?ttclid=TT-4"))
     await h.ingest(channel, "g1", h.purchase("p1", user_id="u1"))
 
-    await wait_until(lambda: _delivery_state_is(app, DeliveryState.FAILED))
+    await wait_until(lambda: _statuses_are(app, "p1", ["retried"]))
     [entry] = await delivery_logs(app, "p1")
-    assert (entry.status, entry.http_status, entry.network_code) == ("failed", 200, "40105")
-    assert "revoked" in entry.network_message and entry.next_attempt_time_us is None
-    assert h.TIKTOK_TOKEN not in entry.network_message
+    assert (entry.status, entry.http_status, entry.network_code) == ("retried", 200, "40105")
+    assert entry.network_message.startswith("held until the credentials work again: ")
+    assert "revoked" in entry.network_message and h.TIKTOK_TOKEN not in entry.network_message
+    # Its next attempt is the circuit's first probe, ten minutes on (the default interval).
+    assert entry.next_attempt_time_us - entry.attempt_time_us >= 600 * 1_000_000 - 1_000_000
     [delivery] = await deliveries(app)
-    assert delivery.attempt_count == 1 and "40105" in delivery.last_error  # terminal: never tried again
-    assert await renderings(app) == {}
-    assert sent_dedup_ids(fake_network, "tiktok") == ["p1"]
-    assert (await get_config(channel, config.name)).health == HEALTH.POSTBACK_CONFIG_HEALTH_CREDENTIAL_FAILURES
+    assert (delivery.state, delivery.attempt_count, delivery.failure_reason) == ("pending", 1, None)
+    assert "40105" in delivery.last_error
+    assert len(await renderings(app)) == 1  # kept while held
+    held = await get_config(channel, config.name)
+    assert held.health == HEALTH.POSTBACK_CONFIG_HEALTH_CREDENTIAL_FAILURES
+    assert (held.circuit.state, held.circuit.held_postback_count) == (CIRCUIT.POSTBACK_CIRCUIT_STATE_OPEN, 1)
 
     rotated = await rotate(channel, config.name, "tt-token-rotated-0001")
     assert rotated.health != HEALTH.POSTBACK_CONFIG_HEALTH_CREDENTIAL_FAILURES
-    await h.ingest(channel, "g1", h.purchase("p2", user_id="u1"))
-    await wait_until(lambda: _statuses_are(app, "p2", ["success"]))
+    assert rotated.circuit.state == CIRCUIT.POSTBACK_CIRCUIT_STATE_CLOSED
+    await wait_until(lambda: _statuses_are(app, "p1", ["retried", "success"]))
+    assert sent_dedup_ids(fake_network, "tiktok") == ["p1", "p1"]
     assert postback_requests(fake_network, "tiktok")[-1].token == "tt-token-rotated-0001"
     assert (await get_config(channel, config.name)).health == HEALTH.POSTBACK_CONFIG_HEALTH_HEALTHY
+    assert await renderings(app) == {}
 
 
 async def _delivery_state_is(app, state: DeliveryState) -> bool:  # type: ignore[no-untyped-def]
@@ -281,7 +288,8 @@ async def test_tiktok_retries_stop_at_the_horizon_after_the_first_attempt(tmp_pa
         assert [e.status for e in entries] == ["retried"] * (len(entries) - 1) + ["failed"]
         assert len(entries) >= 2
         assert [e.attempt_number for e in entries] == list(range(1, len(entries) + 1))
-        assert entries[-1].network_message.startswith(give_up_reason(Network.TIKTOK))
+        # Eight failures in a row open the config's circuit: the last attempts may be its probes ("probe: ...").
+        assert entries[-1].network_message.removeprefix("probe: ").startswith(give_up_reason(Network.TIKTOK))
         assert len(sent_dedup_ids(fake_network, "tiktok")) == len(entries)
 
 

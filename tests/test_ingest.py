@@ -2,6 +2,7 @@
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 
 from postbacks.v1 import event_pb2, event_service_pb2, event_service_pb2_grpc, network_pb2
 from server.app import App
@@ -153,3 +154,50 @@ async def test_concurrent_single_ingests_share_commits_without_losing_or_doublin
     assert sorted(r.duplicate for r in results[200:]) == [False, True, True, True, True]
     again = await asyncio.gather(*(ingest(channel, f"game-{i % 3}", e) for i, e in enumerate(events)))
     assert all(r.duplicate and not r.payload_mismatch for r in again)
+
+
+def _at(seconds: int, nanos: int = 0) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+
+
+@pytest.mark.parametrize("event_time", [
+    _at(1_700_000_000, 1_000_000_000), _at(0, 1_000_000_000), _at(1_700_000_000, -1), _at(1_700_000_000, 2**31 - 1),
+    _at(253_402_300_800), _at(-62_135_596_801), _at(2**63 - 1), _at(-(2**63))])
+async def test_an_event_time_outside_timestamp_range_is_refused(channel, event_time) -> None:  # type: ignore[no-untyped-def]
+    event = event_pb2.Event(event_id="e", event_time=event_time, user_id="u", game_launch={})
+    for call, field in ((stub(channel).IngestEvent(event_service_pb2.IngestEventRequest(parent="games/g", event=event)),
+                         "event.event_time"),
+                        (stub(channel).BatchIngestEvents(event_service_pb2.BatchIngestEventsRequest(
+                            parent="games/g", events=[launch("ok", user_id="u"), event])), "events[1].event_time")):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "valid timestamp" in field_violations(error.value)[field]
+    assert not (await ingest(channel, "g", launch("ok", user_id="u"))).duplicate  # nothing of the batch was kept
+
+
+@pytest.mark.parametrize(("url", "parameter"), [
+    ("https://game.example/?ttclid=" + "a" * 513, "ttclid"),
+    ("https://game.example/?utm_source=x&rdt_cid=" + "r" * 600 + "&utm_campaign=y", "rdt_cid"),
+    ("https://game.example/?ttclid=ab%00cd", "ttclid"),  # decoded, a NUL: PostgreSQL cannot store it
+    ("https://game.example/?rdt_cid=%1B%5B2J", "rdt_cid"),
+])
+async def test_a_click_id_taken_from_the_landing_url_has_the_click_ids_bounds(channel, url, parameter) -> None:  # type: ignore[no-untyped-def]
+    assert len(url) <= 2048  # the URL itself is within its own limit
+    for network in (network_pb2.NETWORK_UNSPECIFIED, network_pb2.NETWORK_TIKTOK if parameter == "ttclid"
+                    else network_pb2.NETWORK_REDDIT):
+        event = click("c-long", anonymous_id="v", network=network, landing_url=url)
+        batch = [click("c-ok", anonymous_id="v", landing_url="https://game.example/?ttclid=" + "a" * 512), event]
+        for call, field in ((stub(channel).IngestEvent(event_service_pb2.IngestEventRequest(parent="games/g", event=event)),
+                             "event.ad_click.landing_url"),
+                            (stub(channel).BatchIngestEvents(event_service_pb2.BatchIngestEventsRequest(
+                                parent="games/g", events=batch)), "events[1].ad_click.landing_url")):
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await call
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert parameter in field_violations(error.value)[field]
+    # At its limit, a click id from the URL is kept whole.
+    kept = await stub(channel).BatchIngestEvents(event_service_pb2.BatchIngestEventsRequest(parent="games/g", events=[
+        click("c-512", anonymous_id="v2", landing_url="https://game.example/?ttclid=" + "a" * 512),
+        launch("l-512", anonymous_id="v2")]))
+    assert kept.results[1].conversion.attributed_click.click_id == "a" * 512

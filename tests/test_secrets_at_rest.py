@@ -127,16 +127,24 @@ async def test_no_secret_is_stored_logged_or_returned_after_a_full_flow(tmp_path
             await call(events.IngestEvent, event_service_pb2.IngestEventRequest(parent="games/g", event=game_event))
         await wait_until(lambda: {"buy-tt", "launch-rd"} <= set(sent_dedup_ids(fake_network)))
 
-        # Rotated credentials carry the next postback; then the network refuses one (a failed attempt is logged).
+        # Rotated credentials carry the next postback; then the network refuses one's payload (a failed attempt is
+        # logged).
         await call(cfg.RotatePostbackCredentials, postback_config_service_pb2.RotatePostbackCredentialsRequest(
             name="games/g/postbackConfigs/tt", credentials=postback_config_pb2.PostbackCredentials(
                 access_token=ROTATED_TOKEN)))
-        fake_network.script("tiktok", [Reply.tiktok(40105)], token=ROTATED_TOKEN)
+        fake_network.script("tiktok", [Reply.tiktok(40002)], token=ROTATED_TOKEN)
         await call(events.IngestEvent, event_service_pb2.IngestEventRequest(parent="games/g", event=purchase(
             "buy-refused", user_id="p1", value="1.00", currency="USD")))
         await call(events.IngestEvent, event_service_pb2.IngestEventRequest(parent="games/g", event=purchase(
             "buy-rotated", user_id="p1", value="2.00", currency="USD")))
         await wait_until(lambda: {"buy-refused", "buy-rotated"} <= set(sent_dedup_ids(fake_network)))
+
+        async def refusal_logged() -> bool:  # the network answers before the attempt's log row commits
+            page = await logs.ListDeliveryLogs(delivery_log_service_pb2.ListDeliveryLogsRequest(
+                parent="games/g", statuses=[delivery_log_pb2.DELIVERY_ATTEMPT_STATUS_FAILED]))
+            return bool(page.delivery_logs)
+
+        await wait_until(refusal_logged)
 
         # Everything a caller can read back.
         for event_id in ("buy-tt", "launch-rd", "buy-refused", "buy-rotated"):

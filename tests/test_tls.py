@@ -4,7 +4,9 @@
 import datetime
 import ipaddress
 import pathlib
+import ssl
 
+import aiohttp
 import grpc
 import pytest
 from cryptography import x509
@@ -14,9 +16,10 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.app import App
+from server.errors import StartupError
 from tests.conftest import running_app
 from tests.conftest import test_settings as settings_for  # aliased: pytest would collect a test_* name
-from tests.helpers import ingest, key_channel, launch
+from tests.helpers import ingest, key_channel, launch, rfc3339
 
 
 def self_signed_certificate(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, bytes]:
@@ -61,6 +64,19 @@ async def test_the_server_speaks_tls_with_the_configured_certificate(tmp_path, d
                 result = await ingest(channel, "g", launch(f"launch-over-tls-{host}", user_id="p"))
                 assert result.name == f"games/g/events/launch-over-tls-{host}"
 
+        # The HTTP API speaks TLS with the same certificate, and plaintext HTTP gets no answer.
+        context = ssl.create_default_context(cadata=pem.decode())
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"https://localhost:{app.http_port}/postbacks.v1.EventService/IngestEvent",
+                                 ssl=context, json={"parent": "games/g", "event": {
+                                     "eventId": "launch-over-https", "eventTime": rfc3339(1), "userId": "p",
+                                     "gameLaunch": {}}},
+                                 headers={"authorization": f"Bearer {app.dev_key}"}) as response:
+                assert response.status == 200
+                assert (await response.json())["result"]["name"] == "games/g/events/launch-over-https"
+            with pytest.raises(aiohttp.ClientError):
+                await http.post(f"http://localhost:{app.http_port}/postbacks.v1.EventService/IngestEvent", json={})
+
         async with key_channel(app.port, app.dev_key) as plaintext:
             refused_plaintext = await health_error(plaintext)
         # A client that does not trust the certificate (the system roots only) refuses the server.
@@ -73,5 +89,5 @@ def test_a_certificate_without_its_key_is_refused_at_start(tmp_path, fake_networ
     cert_file, _, _ = self_signed_certificate(tmp_path)
     settings = settings_for(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'p.db'}", fake_network,
                             tls_cert_file=str(cert_file))
-    with pytest.raises(ValueError, match="tls_key_file"):
+    with pytest.raises(StartupError, match="--tls-cert-file is set but --tls-key-file is not"):
         App(settings)

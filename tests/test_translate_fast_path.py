@@ -17,7 +17,9 @@ texts = st.one_of(
     st.sampled_from(["", "u-1", " a-2 ", "x" * 128, "x" * 129, "a/b", "tab\tin", "nul\x00", "del\x7f", "é\u2028",
                      "\u200b", "9.99", "usd", "USD", "XXX", "player@example.com", " P+tag@Example.com ", "bad@",
                      "10.0.0.1", "010.0.0.1", "::ffff:10.0.0.1", "fe80::1%eth0", "1.2.3",
-                     "https://x.example/?ttclid=E.1", "https://x.example/?rdt_cid=R.1&ttclid=", "https://[x/?ttclid=1"]),
+                     "https://x.example/?ttclid=E.1", "https://x.example/?rdt_cid=R.1&ttclid=", "https://[x/?ttclid=1",
+                     "https://x.example/?ttclid=" + "a" * 512, "https://x.example/?ttclid=" + "a" * 513,
+                     "https://x.example/?rdt_cid=%00", "https://x.example/?rdt_cid=a%20b%0A"]),
     st.text(max_size=12),
 )
 
@@ -36,6 +38,9 @@ def events(draw):  # type: ignore[no-untyped-def]
     if clean or draw(st.booleans()):
         event.event_time.FromMicroseconds(NOW_US - 10**9 if clean else draw(st.sampled_from(
             [0, -1, 1, NOW_US - 10**9, NOW_US + 10**9])))
+        if not clean and draw(st.booleans()):  # nanos outside the second, which FromMicroseconds never makes
+            event.event_time.seconds -= 1
+            event.event_time.nanos = draw(st.sampled_from([1_000_000_000, 1_999_999_999, -1, 2**31 - 1]))
     kind = draw(st.sampled_from([None, "ad_click", "identify", "game_launch", "purchase"]))
     if kind == "ad_click":
         event.ad_click.CopyFrom(event_pb2.AdClick(network=draw(st.sampled_from([0, 1, 2, 99])),

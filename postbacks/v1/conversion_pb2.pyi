@@ -36,6 +36,15 @@ class PostbackState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     POSTBACK_STATE_SUCCEEDED: _ClassVar[PostbackState]
     POSTBACK_STATE_FAILED: _ClassVar[PostbackState]
     POSTBACK_STATE_CANCELLED: _ClassVar[PostbackState]
+    POSTBACK_STATE_HELD: _ClassVar[PostbackState]
+
+class PostbackFailureReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POSTBACK_FAILURE_REASON_UNSPECIFIED: _ClassVar[PostbackFailureReason]
+    POSTBACK_FAILURE_REASON_PAYLOAD: _ClassVar[PostbackFailureReason]
+    POSTBACK_FAILURE_REASON_CREDENTIALS: _ClassVar[PostbackFailureReason]
+    POSTBACK_FAILURE_REASON_RETRY_WINDOW_CLOSED: _ClassVar[PostbackFailureReason]
+    POSTBACK_FAILURE_REASON_WINDOW_CLOSED_WHILE_HELD: _ClassVar[PostbackFailureReason]
 CONVERSION_DECISION_UNSPECIFIED: ConversionDecision
 CONVERSION_DECISION_POSTBACK_OWED: ConversionDecision
 CONVERSION_DECISION_NO_POSTBACK: ConversionDecision
@@ -53,6 +62,12 @@ POSTBACK_STATE_PENDING: PostbackState
 POSTBACK_STATE_SUCCEEDED: PostbackState
 POSTBACK_STATE_FAILED: PostbackState
 POSTBACK_STATE_CANCELLED: PostbackState
+POSTBACK_STATE_HELD: PostbackState
+POSTBACK_FAILURE_REASON_UNSPECIFIED: PostbackFailureReason
+POSTBACK_FAILURE_REASON_PAYLOAD: PostbackFailureReason
+POSTBACK_FAILURE_REASON_CREDENTIALS: PostbackFailureReason
+POSTBACK_FAILURE_REASON_RETRY_WINDOW_CLOSED: PostbackFailureReason
+POSTBACK_FAILURE_REASON_WINDOW_CLOSED_WHILE_HELD: PostbackFailureReason
 
 class Conversion(_message.Message):
     __slots__ = ("name", "event_id", "event_type", "event_time", "receive_time", "user_id", "anonymous_id", "value", "currency", "decision", "no_postback_reason", "attributed_click", "postbacks", "decide_time")
@@ -99,7 +114,7 @@ class AttributedClick(_message.Message):
     def __init__(self, event: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.Network, str]] = ..., click_id: _Optional[str] = ..., click_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Postback(_message.Message):
-    __slots__ = ("postback_config", "network", "state", "attempt_count", "last_attempt_time", "next_attempt_time", "last_error")
+    __slots__ = ("postback_config", "network", "state", "attempt_count", "last_attempt_time", "next_attempt_time", "last_error", "failure_reason", "hold_reason")
     POSTBACK_CONFIG_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +122,8 @@ class Postback(_message.Message):
     LAST_ATTEMPT_TIME_FIELD_NUMBER: _ClassVar[int]
     NEXT_ATTEMPT_TIME_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    HOLD_REASON_FIELD_NUMBER: _ClassVar[int]
     postback_config: str
     network: _network_pb2.Network
     state: PostbackState
@@ -114,4 +131,6 @@ class Postback(_message.Message):
     last_attempt_time: _timestamp_pb2.Timestamp
     next_attempt_time: _timestamp_pb2.Timestamp
     last_error: str
-    def __init__(self, postback_config: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.Network, str]] = ..., state: _Optional[_Union[PostbackState, str]] = ..., attempt_count: _Optional[int] = ..., last_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ...) -> None: ...
+    failure_reason: PostbackFailureReason
+    hold_reason: str
+    def __init__(self, postback_config: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.Network, str]] = ..., state: _Optional[_Union[PostbackState, str]] = ..., attempt_count: _Optional[int] = ..., last_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., failure_reason: _Optional[_Union[PostbackFailureReason, str]] = ..., hold_reason: _Optional[str] = ...) -> None: ...

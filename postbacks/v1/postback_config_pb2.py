@@ -26,19 +26,25 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from postbacks.v1 import network_pb2 as postbacks_dot_v1_dot_network__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"postbacks/v1/postback_config.proto\x12\x0cpostbacks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1apostbacks/v1/network.proto\"\xf1\x03\n\x0ePostbackConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12&\n\x07network\x18\x03 \x01(\x0e\x32\x15.postbacks.v1.Network\x12\x36\n\x0b\x63redentials\x18\x04 \x01(\x0b\x32!.postbacks.v1.PostbackCredentials\x12\x19\n\x11\x61\x63\x63\x65ss_token_hint\x18\x05 \x01(\t\x12\x10\n\x08pixel_id\x18\x06 \x01(\t\x12\x39\n\x0etrigger_events\x18\x07 \x03(\x0e\x32!.postbacks.v1.ConversionEventType\x12\x14\n\x07\x65nabled\x18\x08 \x01(\x08H\x00\x88\x01\x01\x12\x32\n\x06health\x18\t \x01(\x0e\x32\".postbacks.v1.PostbackConfigHealth\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\x17\x63redentials_update_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\n\x08_enabled\"=\n\x13PostbackCredentials\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x10\n\x08pixel_id\x18\x02 \x01(\t*\xc1\x01\n\x14PostbackConfigHealth\x12&\n\"POSTBACK_CONFIG_HEALTH_UNSPECIFIED\x10\x00\x12\"\n\x1ePOSTBACK_CONFIG_HEALTH_HEALTHY\x10\x01\x12.\n*POSTBACK_CONFIG_HEALTH_CREDENTIAL_FAILURES\x10\x02\x12-\n)POSTBACK_CONFIG_HEALTH_NO_RECENT_ACTIVITY\x10\x03*\xdc\x01\n\x15\x43redentialCheckResult\x12\'\n#CREDENTIAL_CHECK_RESULT_UNSPECIFIED\x10\x00\x12$\n CREDENTIAL_CHECK_RESULT_ACCEPTED\x10\x01\x12$\n CREDENTIAL_CHECK_RESULT_REJECTED\x10\x02\x12\'\n#CREDENTIAL_CHECK_RESULT_UNREACHABLE\x10\x03\x12%\n!CREDENTIAL_CHECK_RESULT_THROTTLED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"postbacks/v1/postback_config.proto\x12\x0cpostbacks.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1apostbacks/v1/network.proto\"\xa1\x04\n\x0ePostbackConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12&\n\x07network\x18\x03 \x01(\x0e\x32\x15.postbacks.v1.Network\x12\x36\n\x0b\x63redentials\x18\x04 \x01(\x0b\x32!.postbacks.v1.PostbackCredentials\x12\x19\n\x11\x61\x63\x63\x65ss_token_hint\x18\x05 \x01(\t\x12\x10\n\x08pixel_id\x18\x06 \x01(\t\x12\x39\n\x0etrigger_events\x18\x07 \x03(\x0e\x32!.postbacks.v1.ConversionEventType\x12\x14\n\x07\x65nabled\x18\x08 \x01(\x08H\x00\x88\x01\x01\x12\x32\n\x06health\x18\t \x01(\x0e\x32\".postbacks.v1.PostbackConfigHealth\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\x17\x63redentials_update_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x07\x63ircuit\x18\r \x01(\x0b\x32\x1d.postbacks.v1.PostbackCircuitB\n\n\x08_enabled\"\xda\x02\n\x0fPostbackCircuit\x12\x31\n\x05state\x18\x01 \x01(\x0e\x32\".postbacks.v1.PostbackCircuitState\x12\x31\n\x05\x63\x61use\x18\x02 \x01(\x0e\x32\".postbacks.v1.PostbackCircuitCause\x12-\n\topen_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fnext_probe_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x66\x61iled_probe_count\x18\x05 \x01(\x05\x12\x1b\n\x13held_postback_count\x18\x06 \x01(\x03\x12\x44\n oldest_held_postback_create_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x13PostbackCredentials\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x10\n\x08pixel_id\x18\x02 \x01(\t*\xa6\x01\n\x14PostbackCircuitState\x12&\n\"POSTBACK_CIRCUIT_STATE_UNSPECIFIED\x10\x00\x12!\n\x1dPOSTBACK_CIRCUIT_STATE_CLOSED\x10\x01\x12\x1f\n\x1bPOSTBACK_CIRCUIT_STATE_OPEN\x10\x02\x12\"\n\x1ePOSTBACK_CIRCUIT_STATE_PROBING\x10\x03*\x95\x01\n\x14PostbackCircuitCause\x12&\n\"POSTBACK_CIRCUIT_CAUSE_UNSPECIFIED\x10\x00\x12&\n\"POSTBACK_CIRCUIT_CAUSE_CREDENTIALS\x10\x01\x12-\n)POSTBACK_CIRCUIT_CAUSE_TRANSIENT_FAILURES\x10\x02*\xc1\x01\n\x14PostbackConfigHealth\x12&\n\"POSTBACK_CONFIG_HEALTH_UNSPECIFIED\x10\x00\x12\"\n\x1ePOSTBACK_CONFIG_HEALTH_HEALTHY\x10\x01\x12.\n*POSTBACK_CONFIG_HEALTH_CREDENTIAL_FAILURES\x10\x02\x12-\n)POSTBACK_CONFIG_HEALTH_NO_RECENT_ACTIVITY\x10\x03*\xdc\x01\n\x15\x43redentialCheckResult\x12\'\n#CREDENTIAL_CHECK_RESULT_UNSPECIFIED\x10\x00\x12$\n CREDENTIAL_CHECK_RESULT_ACCEPTED\x10\x01\x12$\n CREDENTIAL_CHECK_RESULT_REJECTED\x10\x02\x12\'\n#CREDENTIAL_CHECK_RESULT_UNREACHABLE\x10\x03\x12%\n!CREDENTIAL_CHECK_RESULT_THROTTLED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'postbacks.v1.postback_config_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POSTBACKCONFIGHEALTH']._serialized_start=677
-  _globals['_POSTBACKCONFIGHEALTH']._serialized_end=870
-  _globals['_CREDENTIALCHECKRESULT']._serialized_start=873
-  _globals['_CREDENTIALCHECKRESULT']._serialized_end=1093
+  _globals['_POSTBACKCIRCUITSTATE']._serialized_start=1074
+  _globals['_POSTBACKCIRCUITSTATE']._serialized_end=1240
+  _globals['_POSTBACKCIRCUITCAUSE']._serialized_start=1243
+  _globals['_POSTBACKCIRCUITCAUSE']._serialized_end=1392
+  _globals['_POSTBACKCONFIGHEALTH']._serialized_start=1395
+  _globals['_POSTBACKCONFIGHEALTH']._serialized_end=1588
+  _globals['_CREDENTIALCHECKRESULT']._serialized_start=1591
+  _globals['_CREDENTIALCHECKRESULT']._serialized_end=1811
   _globals['_POSTBACKCONFIG']._serialized_start=114
-  _globals['_POSTBACKCONFIG']._serialized_end=611
-  _globals['_POSTBACKCREDENTIALS']._serialized_start=613
-  _globals['_POSTBACKCREDENTIALS']._serialized_end=674
+  _globals['_POSTBACKCONFIG']._serialized_end=659
+  _globals['_POSTBACKCIRCUIT']._serialized_start=662
+  _globals['_POSTBACKCIRCUIT']._serialized_end=1008
+  _globals['_POSTBACKCREDENTIALS']._serialized_start=1010
+  _globals['_POSTBACKCREDENTIALS']._serialized_end=1071
 # @@protoc_insertion_point(module_scope)

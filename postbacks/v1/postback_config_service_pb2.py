@@ -24,45 +24,51 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from postbacks.v1 import conversion_pb2 as postbacks_dot_v1_dot_conversion__pb2
 from postbacks.v1 import network_pb2 as postbacks_dot_v1_dot_network__pb2
 from postbacks.v1 import postback_config_pb2 as postbacks_dot_v1_dot_postback__config__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*postbacks/v1/postback_config_service.proto\x12\x0cpostbacks.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1apostbacks/v1/network.proto\x1a\"postbacks/v1/postback_config.proto\"\x93\x01\n\x1b\x43reatePostbackConfigRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x35\n\x0fpostback_config\x18\x02 \x01(\x0b\x32\x1c.postbacks.v1.PostbackConfig\x12\x1a\n\x12postback_config_id\x18\x03 \x01(\t\x12\x11\n\ttest_code\x18\x04 \x01(\t\"U\n\x1c\x43reatePostbackConfigResponse\x12\x35\n\x0fpostback_config\x18\x01 \x01(\x0b\x32\x1c.postbacks.v1.PostbackConfig\"(\n\x18GetPostbackConfigRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"R\n\x19GetPostbackConfigResponse\x12\x35\n\x0fpostback_config\x18\x01 \x01(\x0b\x32\x1c.postbacks.v1.PostbackConfig\"S\n\x1aListPostbackConfigsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"n\n\x1bListPostbackConfigsResponse\x12\x36\n\x10postback_configs\x18\x01 \x03(\x0b\x32\x1c.postbacks.v1.PostbackConfig\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x85\x01\n\x1bUpdatePostbackConfigRequest\x12\x35\n\x0fpostback_config\x18\x01 \x01(\x0b\x32\x1c.postbacks.v1.PostbackConfig\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"U\n\x1cUpdatePostbackConfigResponse\x12\x35\n\x0fpostback_config\x18\x01 \x01(\x0b\x32\x1c.postbacks.v1.PostbackConfig\"+\n\x1b\x44\x65letePostbackConfigRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x1c\x44\x65letePostbackConfigResponse\x12 \n\x18\x63\x61ncelled_postback_count\x18\x01 \x01(\x03\"{\n RotatePostbackCredentialsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x0b\x63redentials\x18\x02 \x01(\x0b\x32!.postbacks.v1.PostbackCredentials\x12\x11\n\ttest_code\x18\x03 \x01(\t\"Z\n!RotatePostbackCredentialsResponse\x12\x35\n\x0fpostback_config\x18\x01 \x01(\x0b\x32\x1c.postbacks.v1.PostbackConfig\"\xf7\x01\n\"ValidatePostbackCredentialsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x17\n\x0fpostback_config\x18\x02 \x01(\t\x12&\n\x07network\x18\x03 \x01(\x0e\x32\x15.postbacks.v1.Network\x12\x36\n\x0b\x63redentials\x18\x04 \x01(\x0b\x32!.postbacks.v1.PostbackCredentials\x12\x35\n\nevent_type\x18\x05 \x01(\x0e\x32!.postbacks.v1.ConversionEventType\x12\x11\n\ttest_code\x18\x06 \x01(\t\"\xe2\x01\n#ValidatePostbackCredentialsResponse\x12\x33\n\x06result\x18\x01 \x01(\x0e\x32#.postbacks.v1.CredentialCheckResult\x12\x13\n\x0bhttp_status\x18\x02 \x01(\x05\x12\x14\n\x0cnetwork_code\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x1a\n\x12network_request_id\x18\x05 \x01(\t\x12.\n\x0bretry_delay\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration2\xb9\x06\n\x15PostbackConfigService\x12m\n\x14\x43reatePostbackConfig\x12).postbacks.v1.CreatePostbackConfigRequest\x1a*.postbacks.v1.CreatePostbackConfigResponse\x12\x64\n\x11GetPostbackConfig\x12&.postbacks.v1.GetPostbackConfigRequest\x1a\'.postbacks.v1.GetPostbackConfigResponse\x12j\n\x13ListPostbackConfigs\x12(.postbacks.v1.ListPostbackConfigsRequest\x1a).postbacks.v1.ListPostbackConfigsResponse\x12m\n\x14UpdatePostbackConfig\x12).postbacks.v1.UpdatePostbackConfigRequest\x1a*.postbacks.v1.UpdatePostbackConfigResponse\x12m\n\x14\x44\x65letePostbackConfig\x12).postbacks.v1.DeletePostbackConfigRequest\x1a*.postbacks.v1.DeletePostbackConfigResponse\x12|\n\x19RotatePostbackCredentials\x12..postbacks.v1.RotatePostbackCredentialsRequest\x1a/.postbacks.v1.RotatePostbackCredentialsResponse\x12\x82\x01\n\x1bValidatePostbackCredentials\x12\x30.postbacks.v1.ValidatePostbackCredentialsRequest\x1a\x31.postbacks.v1.ValidatePostbackCredentialsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*postbacks/v1/postback_config_service.proto\x12\x0cpostbacks.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dpostbacks/v1/conversion.proto\x1a\x1apostbacks/v1/network.proto\x1a\"postbacks/v1/postback_config.proto\"\x93\x01\n\x1b\x43reatePostbackConfigRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x35\n\x0fpostback_config\x18\x02 \x01(\x0b\x32\x1c.postbacks.v1.PostbackConfig\x12\x1a\n\x12postback_config_id\x18\x03 \x01(\t\x12\x11\n\ttest_code\x18\x04 \x01(\t\"U\n\x1c\x43reatePostbackConfigResponse\x12\x35\n\x0fpostback_config\x18\x01 \x01(\x0b\x32\x1c.postbacks.v1.PostbackConfig\"(\n\x18GetPostbackConfigRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"R\n\x19GetPostbackConfigResponse\x12\x35\n\x0fpostback_config\x18\x01 \x01(\x0b\x32\x1c.postbacks.v1.PostbackConfig\"S\n\x1aListPostbackConfigsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"n\n\x1bListPostbackConfigsResponse\x12\x36\n\x10postback_configs\x18\x01 \x03(\x0b\x32\x1c.postbacks.v1.PostbackConfig\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x85\x01\n\x1bUpdatePostbackConfigRequest\x12\x35\n\x0fpostback_config\x18\x01 \x01(\x0b\x32\x1c.postbacks.v1.PostbackConfig\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"U\n\x1cUpdatePostbackConfigResponse\x12\x35\n\x0fpostback_config\x18\x01 \x01(\x0b\x32\x1c.postbacks.v1.PostbackConfig\"+\n\x1b\x44\x65letePostbackConfigRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x1c\x44\x65letePostbackConfigResponse\x12 \n\x18\x63\x61ncelled_postback_count\x18\x01 \x01(\x03\"{\n RotatePostbackCredentialsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x0b\x63redentials\x18\x02 \x01(\x0b\x32!.postbacks.v1.PostbackCredentials\x12\x11\n\ttest_code\x18\x03 \x01(\t\"Z\n!RotatePostbackCredentialsResponse\x12\x35\n\x0fpostback_config\x18\x01 \x01(\x0b\x32\x1c.postbacks.v1.PostbackConfig\"\xf7\x01\n\"ValidatePostbackCredentialsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x17\n\x0fpostback_config\x18\x02 \x01(\t\x12&\n\x07network\x18\x03 \x01(\x0e\x32\x15.postbacks.v1.Network\x12\x36\n\x0b\x63redentials\x18\x04 \x01(\x0b\x32!.postbacks.v1.PostbackCredentials\x12\x35\n\nevent_type\x18\x05 \x01(\x0e\x32!.postbacks.v1.ConversionEventType\x12\x11\n\ttest_code\x18\x06 \x01(\t\"\xe2\x01\n#ValidatePostbackCredentialsResponse\x12\x33\n\x06result\x18\x01 \x01(\x0e\x32#.postbacks.v1.CredentialCheckResult\x12\x13\n\x0bhttp_status\x18\x02 \x01(\x05\x12\x14\n\x0cnetwork_code\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x1a\n\x12network_request_id\x18\x05 \x01(\t\x12.\n\x0bretry_delay\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xc7\x01\n\x1bRetryFailedPostbacksRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x0f\x66\x61ilure_reasons\x18\x04 \x03(\x0e\x32#.postbacks.v1.PostbackFailureReason\"e\n\x1cRetryFailedPostbacksResponse\x12\x1f\n\x17requeued_postback_count\x18\x01 \x01(\x03\x12$\n\x1cwindow_closed_postback_count\x18\x02 \x01(\x03\x32\xa8\x07\n\x15PostbackConfigService\x12m\n\x14\x43reatePostbackConfig\x12).postbacks.v1.CreatePostbackConfigRequest\x1a*.postbacks.v1.CreatePostbackConfigResponse\x12\x64\n\x11GetPostbackConfig\x12&.postbacks.v1.GetPostbackConfigRequest\x1a\'.postbacks.v1.GetPostbackConfigResponse\x12j\n\x13ListPostbackConfigs\x12(.postbacks.v1.ListPostbackConfigsRequest\x1a).postbacks.v1.ListPostbackConfigsResponse\x12m\n\x14UpdatePostbackConfig\x12).postbacks.v1.UpdatePostbackConfigRequest\x1a*.postbacks.v1.UpdatePostbackConfigResponse\x12m\n\x14\x44\x65letePostbackConfig\x12).postbacks.v1.DeletePostbackConfigRequest\x1a*.postbacks.v1.DeletePostbackConfigResponse\x12|\n\x19RotatePostbackCredentials\x12..postbacks.v1.RotatePostbackCredentialsRequest\x1a/.postbacks.v1.RotatePostbackCredentialsResponse\x12\x82\x01\n\x1bValidatePostbackCredentials\x12\x30.postbacks.v1.ValidatePostbackCredentialsRequest\x1a\x31.postbacks.v1.ValidatePostbackCredentialsResponse\x12m\n\x14RetryFailedPostbacks\x12).postbacks.v1.RetryFailedPostbacksRequest\x1a*.postbacks.v1.RetryFailedPostbacksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'postbacks.v1.postback_config_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATEPOSTBACKCONFIGREQUEST']._serialized_start=191
-  _globals['_CREATEPOSTBACKCONFIGREQUEST']._serialized_end=338
-  _globals['_CREATEPOSTBACKCONFIGRESPONSE']._serialized_start=340
-  _globals['_CREATEPOSTBACKCONFIGRESPONSE']._serialized_end=425
-  _globals['_GETPOSTBACKCONFIGREQUEST']._serialized_start=427
-  _globals['_GETPOSTBACKCONFIGREQUEST']._serialized_end=467
-  _globals['_GETPOSTBACKCONFIGRESPONSE']._serialized_start=469
-  _globals['_GETPOSTBACKCONFIGRESPONSE']._serialized_end=551
-  _globals['_LISTPOSTBACKCONFIGSREQUEST']._serialized_start=553
-  _globals['_LISTPOSTBACKCONFIGSREQUEST']._serialized_end=636
-  _globals['_LISTPOSTBACKCONFIGSRESPONSE']._serialized_start=638
-  _globals['_LISTPOSTBACKCONFIGSRESPONSE']._serialized_end=748
-  _globals['_UPDATEPOSTBACKCONFIGREQUEST']._serialized_start=751
-  _globals['_UPDATEPOSTBACKCONFIGREQUEST']._serialized_end=884
-  _globals['_UPDATEPOSTBACKCONFIGRESPONSE']._serialized_start=886
-  _globals['_UPDATEPOSTBACKCONFIGRESPONSE']._serialized_end=971
-  _globals['_DELETEPOSTBACKCONFIGREQUEST']._serialized_start=973
-  _globals['_DELETEPOSTBACKCONFIGREQUEST']._serialized_end=1016
-  _globals['_DELETEPOSTBACKCONFIGRESPONSE']._serialized_start=1018
-  _globals['_DELETEPOSTBACKCONFIGRESPONSE']._serialized_end=1082
-  _globals['_ROTATEPOSTBACKCREDENTIALSREQUEST']._serialized_start=1084
-  _globals['_ROTATEPOSTBACKCREDENTIALSREQUEST']._serialized_end=1207
-  _globals['_ROTATEPOSTBACKCREDENTIALSRESPONSE']._serialized_start=1209
-  _globals['_ROTATEPOSTBACKCREDENTIALSRESPONSE']._serialized_end=1299
-  _globals['_VALIDATEPOSTBACKCREDENTIALSREQUEST']._serialized_start=1302
-  _globals['_VALIDATEPOSTBACKCREDENTIALSREQUEST']._serialized_end=1549
-  _globals['_VALIDATEPOSTBACKCREDENTIALSRESPONSE']._serialized_start=1552
-  _globals['_VALIDATEPOSTBACKCREDENTIALSRESPONSE']._serialized_end=1778
-  _globals['_POSTBACKCONFIGSERVICE']._serialized_start=1781
-  _globals['_POSTBACKCONFIGSERVICE']._serialized_end=2606
+  _globals['_CREATEPOSTBACKCONFIGREQUEST']._serialized_start=255
+  _globals['_CREATEPOSTBACKCONFIGREQUEST']._serialized_end=402
+  _globals['_CREATEPOSTBACKCONFIGRESPONSE']._serialized_start=404
+  _globals['_CREATEPOSTBACKCONFIGRESPONSE']._serialized_end=489
+  _globals['_GETPOSTBACKCONFIGREQUEST']._serialized_start=491
+  _globals['_GETPOSTBACKCONFIGREQUEST']._serialized_end=531
+  _globals['_GETPOSTBACKCONFIGRESPONSE']._serialized_start=533
+  _globals['_GETPOSTBACKCONFIGRESPONSE']._serialized_end=615
+  _globals['_LISTPOSTBACKCONFIGSREQUEST']._serialized_start=617
+  _globals['_LISTPOSTBACKCONFIGSREQUEST']._serialized_end=700
+  _globals['_LISTPOSTBACKCONFIGSRESPONSE']._serialized_start=702
+  _globals['_LISTPOSTBACKCONFIGSRESPONSE']._serialized_end=812
+  _globals['_UPDATEPOSTBACKCONFIGREQUEST']._serialized_start=815
+  _globals['_UPDATEPOSTBACKCONFIGREQUEST']._serialized_end=948
+  _globals['_UPDATEPOSTBACKCONFIGRESPONSE']._serialized_start=950
+  _globals['_UPDATEPOSTBACKCONFIGRESPONSE']._serialized_end=1035
+  _globals['_DELETEPOSTBACKCONFIGREQUEST']._serialized_start=1037
+  _globals['_DELETEPOSTBACKCONFIGREQUEST']._serialized_end=1080
+  _globals['_DELETEPOSTBACKCONFIGRESPONSE']._serialized_start=1082
+  _globals['_DELETEPOSTBACKCONFIGRESPONSE']._serialized_end=1146
+  _globals['_ROTATEPOSTBACKCREDENTIALSREQUEST']._serialized_start=1148
+  _globals['_ROTATEPOSTBACKCREDENTIALSREQUEST']._serialized_end=1271
+  _globals['_ROTATEPOSTBACKCREDENTIALSRESPONSE']._serialized_start=1273
+  _globals['_ROTATEPOSTBACKCREDENTIALSRESPONSE']._serialized_end=1363
+  _globals['_VALIDATEPOSTBACKCREDENTIALSREQUEST']._serialized_start=1366
+  _globals['_VALIDATEPOSTBACKCREDENTIALSREQUEST']._serialized_end=1613
+  _globals['_VALIDATEPOSTBACKCREDENTIALSRESPONSE']._serialized_start=1616
+  _globals['_VALIDATEPOSTBACKCREDENTIALSRESPONSE']._serialized_end=1842
+  _globals['_RETRYFAILEDPOSTBACKSREQUEST']._serialized_start=1845
+  _globals['_RETRYFAILEDPOSTBACKSREQUEST']._serialized_end=2044
+  _globals['_RETRYFAILEDPOSTBACKSRESPONSE']._serialized_start=2046
+  _globals['_RETRYFAILEDPOSTBACKSRESPONSE']._serialized_end=2147
+  _globals['_POSTBACKCONFIGSERVICE']._serialized_start=2150
+  _globals['_POSTBACKCONFIGSERVICE']._serialized_end=3086
 # @@protoc_insertion_point(module_scope)

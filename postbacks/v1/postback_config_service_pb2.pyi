@@ -2,6 +2,8 @@ import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from postbacks.v1 import conversion_pb2 as _conversion_pb2
 from postbacks.v1 import network_pb2 as _network_pb2
 from postbacks.v1 import postback_config_pb2 as _postback_config_pb2
 from google.protobuf.internal import containers as _containers
@@ -133,3 +135,23 @@ class ValidatePostbackCredentialsResponse(_message.Message):
     network_request_id: str
     retry_delay: _duration_pb2.Duration
     def __init__(self, result: _Optional[_Union[_postback_config_pb2.CredentialCheckResult, str]] = ..., http_status: _Optional[int] = ..., network_code: _Optional[str] = ..., message: _Optional[str] = ..., network_request_id: _Optional[str] = ..., retry_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class RetryFailedPostbacksRequest(_message.Message):
+    __slots__ = ("name", "start_time", "end_time", "failure_reasons")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_REASONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    failure_reasons: _containers.RepeatedScalarFieldContainer[_conversion_pb2.PostbackFailureReason]
+    def __init__(self, name: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failure_reasons: _Optional[_Iterable[_Union[_conversion_pb2.PostbackFailureReason, str]]] = ...) -> None: ...
+
+class RetryFailedPostbacksResponse(_message.Message):
+    __slots__ = ("requeued_postback_count", "window_closed_postback_count")
+    REQUEUED_POSTBACK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_CLOSED_POSTBACK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    requeued_postback_count: int
+    window_closed_postback_count: int
+    def __init__(self, requeued_postback_count: _Optional[int] = ..., window_closed_postback_count: _Optional[int] = ...) -> None: ...

@@ -70,6 +70,11 @@ class PostbackConfigServiceStub:
                 request_serializer=postbacks_dot_v1_dot_postback__config__service__pb2.ValidatePostbackCredentialsRequest.SerializeToString,
                 response_deserializer=postbacks_dot_v1_dot_postback__config__service__pb2.ValidatePostbackCredentialsResponse.FromString,
                 _registered_method=True)
+        self.RetryFailedPostbacks = channel.unary_unary(
+                '/postbacks.v1.PostbackConfigService/RetryFailedPostbacks',
+                request_serializer=postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksRequest.SerializeToString,
+                response_deserializer=postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksResponse.FromString,
+                _registered_method=True)
 
 
 class PostbackConfigServiceServicer:
@@ -129,6 +134,16 @@ class PostbackConfigServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryFailedPostbacks(self, request, context):
+        """Re-queues a config's failed postbacks owed in a time range, optionally only those that failed for
+        some reasons, as long as their network's window is still open. Each keeps its dedup id, so a
+        network that did receive an earlier attempt merges the repeat. Idempotent: a postback pending or
+        delivered is never queued again. FAILED_PRECONDITION while the config is disabled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PostbackConfigServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -166,6 +181,11 @@ def add_PostbackConfigServiceServicer_to_server(servicer, server):
                     servicer.ValidatePostbackCredentials,
                     request_deserializer=postbacks_dot_v1_dot_postback__config__service__pb2.ValidatePostbackCredentialsRequest.FromString,
                     response_serializer=postbacks_dot_v1_dot_postback__config__service__pb2.ValidatePostbackCredentialsResponse.SerializeToString,
+            ),
+            'RetryFailedPostbacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryFailedPostbacks,
+                    request_deserializer=postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksRequest.FromString,
+                    response_serializer=postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -358,6 +378,33 @@ class PostbackConfigService:
             '/postbacks.v1.PostbackConfigService/ValidatePostbackCredentials',
             postbacks_dot_v1_dot_postback__config__service__pb2.ValidatePostbackCredentialsRequest.SerializeToString,
             postbacks_dot_v1_dot_postback__config__service__pb2.ValidatePostbackCredentialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryFailedPostbacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/postbacks.v1.PostbackConfigService/RetryFailedPostbacks',
+            postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksRequest.SerializeToString,
+            postbacks_dot_v1_dot_postback__config__service__pb2.RetryFailedPostbacksResponse.FromString,
             options,
             channel_credentials,
             insecure,

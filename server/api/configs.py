@@ -9,22 +9,26 @@ from postbacks.v1 import postback_config_pb2, postback_config_service_pb2_grpc
 from postbacks.v1 import postback_config_service_pb2 as pb
 from server.api import translate
 from server.core import configs as rules
+from server.core import limits
+from server.core.circuit import CircuitCause, CircuitState
 from server.core.postback import NetworkCredentials
-from server.core.types import ConfigHealth, EventType, Network
+from server.core.types import ConfigHealth, EventType, FailureReason, Network
 from server.errors import InvalidArgument, Violations
-from server.services import configs
-from server.services.configs import ConfigChanges, ConfigView, NewConfig
+from server.services import configs, replay
+from server.services.configs import CircuitView, ConfigChanges, ConfigView, NewConfig
 from server.services.credentials import CheckResult, CredentialCheck
 
 _CONFIG_NAME = "games/{game}/postbackConfigs/{id}"
 _CONFIG_SHAPE = "games/{game}/postbackConfigs/{postback_config}"
-MAX_DISPLAY_NAME = 200
-MAX_TEST_CODE = 128
 UPDATABLE_FIELDS = ("display_name", "enabled", "trigger_events")
 HEALTH_TO_PROTO = {h: postback_config_pb2.PostbackConfigHealth.Value(f"POSTBACK_CONFIG_HEALTH_{h.name}")
                    for h in ConfigHealth}
 CHECK_RESULT_TO_PROTO = {r: postback_config_pb2.CredentialCheckResult.Value(f"CREDENTIAL_CHECK_RESULT_{r.name}")
                          for r in CheckResult}
+CIRCUIT_STATE_TO_PROTO = {s: postback_config_pb2.PostbackCircuitState.Value(f"POSTBACK_CIRCUIT_STATE_{s.name}")
+                          for s in CircuitState}
+CIRCUIT_CAUSE_TO_PROTO = {CircuitCause.CREDENTIALS: postback_config_pb2.POSTBACK_CIRCUIT_CAUSE_CREDENTIALS,
+                          CircuitCause.TRANSIENT: postback_config_pb2.POSTBACK_CIRCUIT_CAUSE_TRANSIENT_FAILURES}
 
 
 def parse_config_name(name: str, field_path: str = "name") -> tuple[str, str]:
@@ -45,7 +49,39 @@ def config_to_proto(view: ConfigView) -> postback_config_pb2.PostbackConfig:
         create_time=translate.us_to_timestamp(view.create_time_us),
         update_time=translate.us_to_timestamp(view.update_time_us),
         credentials_update_time=translate.us_to_timestamp(view.credentials_update_time_us),
+        circuit=_circuit_to_proto(view.circuit),
     )
+
+
+def _circuit_to_proto(circuit: CircuitView) -> postback_config_pb2.PostbackCircuit:
+    return postback_config_pb2.PostbackCircuit(
+        state=CIRCUIT_STATE_TO_PROTO[circuit.state],
+        cause=CIRCUIT_CAUSE_TO_PROTO[circuit.cause] if circuit.cause else None,
+        open_time=translate.us_to_timestamp(circuit.open_time_us),
+        next_probe_time=translate.us_to_timestamp(circuit.next_probe_time_us),
+        failed_probe_count=circuit.failed_probes,
+        held_postback_count=circuit.held_count,
+        oldest_held_postback_create_time=translate.us_to_timestamp(circuit.oldest_held_create_time_us),
+    )
+
+
+def replay_from_proto(request: pb.RetryFailedPostbacksRequest) -> tuple[str, str, int | None, int | None,
+                                                                       frozenset[FailureReason]]:
+    violations = Violations()
+    game_id, config_id = parse_config_name(request.name)
+    start_us = translate.optional_timestamp_to_us(request, "start_time", violations)
+    end_us = translate.optional_timestamp_to_us(request, "end_time", violations)
+    if start_us is not None and end_us is not None and end_us <= start_us:
+        violations.add("end_time", "must be after start_time")
+    reasons = set()
+    for i, value in enumerate(request.failure_reasons):
+        reason = translate.FAILURE_REASON_FROM_PROTO.get(value)
+        if reason is None:
+            violations.add(f"failure_reasons[{i}]", "must be a known POSTBACK_FAILURE_REASON_*, not unspecified")
+        else:
+            reasons.add(reason)
+    violations.raise_if_any()
+    return game_id, config_id, start_us, end_us, frozenset(reasons)
 
 
 def _network(value: int, field_path: str, violations: Violations) -> Network | None:
@@ -70,7 +106,7 @@ def _trigger_events(values, field_path: str, violations: Violations) -> frozense
 
 def _display_name(value: str, field_path: str, violations: Violations) -> str:
     value = value.strip()
-    if problem := translate.text_problem(value, MAX_DISPLAY_NAME):
+    if problem := translate.text_problem(value, limits.DISPLAY_NAME):
         violations.add(field_path, problem)
     return value
 
@@ -88,8 +124,8 @@ def _credentials(msg: postback_config_pb2.PostbackCredentials, network: Network 
 
 def _test_code(value: str, violations: Violations) -> str | None:
     value = value.strip()
-    if len(value) > MAX_TEST_CODE:
-        violations.add("test_code", f"must be at most {MAX_TEST_CODE} characters")
+    if len(value) > limits.TEST_CODE:
+        violations.add("test_code", f"must be at most {limits.TEST_CODE} characters")
     return value or None
 
 
@@ -223,3 +259,8 @@ class PostbackConfigServicer(postback_config_service_pb2_grpc.PostbackConfigServ
                                                    test_code)
         return check_to_proto(check)
 
+    async def RetryFailedPostbacks(self, request: pb.RetryFailedPostbacksRequest,
+                                   context: grpc.aio.ServicerContext) -> pb.RetryFailedPostbacksResponse:
+        report = await replay.retry_failed_postbacks(self._ctx, *replay_from_proto(request))
+        return pb.RetryFailedPostbacksResponse(requeued_postback_count=report.requeued,
+                                               window_closed_postback_count=report.window_closed)

@@ -34,8 +34,10 @@ def lookback_from_proto(request: pb.UpdateGameSettingsRequest) -> tuple[str, int
             violations.add("update_mask", f"{path[:64]!r} cannot be updated; updatable: attribution_lookback")
     lookback_us = None
     if "attribution_lookback" in paths:
-        lookback_us = translate.duration_to_us(request.game_settings.attribution_lookback)
-        if not attribution.MIN_LOOKBACK_US <= lookback_us <= attribution.MAX_LOOKBACK_US:
+        lookback = request.game_settings.attribution_lookback
+        lookback_us = translate.duration_to_us(lookback)
+        if not (translate.is_valid_duration(lookback)
+                and attribution.MIN_LOOKBACK_US <= lookback_us <= attribution.MAX_LOOKBACK_US):
             violations.add("game_settings.attribution_lookback", "must be from 1 to 28 days (86400s to 2419200s)")
     violations.raise_if_any()
     return game_id, lookback_us

@@ -5,7 +5,7 @@ import grpc
 from postbacks.v1 import privacy_service_pb2 as pb
 from postbacks.v1 import privacy_service_pb2_grpc
 from server.api import translate
-from server.core import hashing
+from server.core import hashing, limits
 from server.errors import Violations
 from server.services import privacy
 from server.services.context import ServiceContext
@@ -18,11 +18,11 @@ def erasure_from_proto(request: pb.DeleteUserDataRequest) -> tuple[str, ErasureR
     user_id = request.user_id.strip()
     anonymous_id = request.anonymous_id.strip()
     for field_path, value in (("user_id", user_id), ("anonymous_id", anonymous_id)):
-        if problem := translate.text_problem(value, translate.MAX_ID_LENGTH):
+        if problem := translate.text_problem(value, limits.PLAYER_ID):
             violations.add(field_path, problem)
     email_sha256 = None
     if request.email:
-        if len(request.email) > translate.MAX_EMAIL_LENGTH or not hashing.looks_like_email(request.email):
+        if len(request.email) > limits.EMAIL or not hashing.looks_like_email(request.email):
             violations.add("email", "must be an email address such as player@example.com")
         else:
             email_sha256 = hashing.hash_email_tiktok(request.email)

@@ -6,8 +6,9 @@ import re
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from postbacks.v1 import conversion_pb2, delivery_log_pb2, event_pb2, network_pb2
-from server.core import hashing
+from server.core import hashing, limits
 from server.core.events import (
+    CLICK_ID_PARAMS,
     ISO_4217_CODES,
     MAX_FUTURE_US,
     EventKind,
@@ -16,22 +17,24 @@ from server.core.events import (
     parse_decimal_value,
 )
 from server.core.postback import decimal_units_text
-from server.core.types import AttemptStatus, DeliveryState, EventType, Network, NoPostbackReason
+from server.core.types import (
+    AttemptStatus,
+    DeliveryState,
+    EventType,
+    FailureReason,
+    Network,
+    NoPostbackReason,
+)
 from server.errors import InvalidArgument, Violations
 from server.services.conversions import ConversionView, PostbackView
 from server.services.ingest import IngestReceipt
 
-MAX_ID_LENGTH = 128
-MAX_USER_AGENT_LENGTH = 512
-MAX_CLICK_ID_LENGTH = 512
-MAX_URL_LENGTH = 2048
-MAX_EMAIL_LENGTH = 254
 MAX_ITEM_IDS = 100
 MAX_BATCH_EVENTS = 1000
 
-_GAME_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
-_RESOURCE_ID = r"[a-z0-9][a-z0-9-]{0,62}"
-_EVENT_ID = r"[^/\x00-\x1f]{1,128}"
+_GAME_ID = rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{limits.GAME_ID - 1}}}"
+_RESOURCE_ID = rf"[a-z0-9][a-z0-9-]{{0,{limits.RESOURCE_ID - 1}}}"
+_EVENT_ID = rf"[^/\x00-\x1f]{{1,{limits.EVENT_ID}}}"
 _GAME_NAME = re.compile(f"games/({_GAME_ID})")
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f]")
 # The range google.protobuf.Timestamp allows, 0001-01-01 to 9999-12-31: in microseconds it fits a BIGINT.
@@ -47,6 +50,9 @@ EVENT_TYPE_TO_PROTO = {
 EVENT_TYPE_FROM_PROTO = {v: k for k, v in EVENT_TYPE_TO_PROTO.items()}
 REASON_TO_PROTO = {r: conversion_pb2.NoPostbackReason.Value(f"NO_POSTBACK_REASON_{r.name}") for r in NoPostbackReason}
 STATE_TO_PROTO = {s: conversion_pb2.PostbackState.Value(f"POSTBACK_STATE_{s.name}") for s in DeliveryState}
+FAILURE_REASON_TO_PROTO = {r: conversion_pb2.PostbackFailureReason.Value(f"POSTBACK_FAILURE_REASON_{r.name}")
+                           for r in FailureReason}
+FAILURE_REASON_FROM_PROTO = {v: k for k, v in FAILURE_REASON_TO_PROTO.items()}
 ATTEMPT_STATUS_TO_PROTO = {
     s: delivery_log_pb2.DeliveryAttemptStatus.Value(f"DELIVERY_ATTEMPT_STATUS_{s.name}") for s in AttemptStatus
 }
@@ -99,13 +105,21 @@ def timestamp_to_us(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * 1_000_000 + ts.nanos // 1000
 
 
+def is_valid_timestamp(ts: timestamp_pb2.Timestamp) -> bool:
+    """Within Timestamp's own range: nanos past the second's end would make a later time than the seconds say."""
+    return MIN_TIMESTAMP_SECONDS <= ts.seconds <= MAX_TIMESTAMP_SECONDS and 0 <= ts.nanos < 1_000_000_000
+
+
+INVALID_TIMESTAMP = "must be a valid timestamp from 0001-01-01 to 9999-12-31, with nanos from 0 to 999,999,999"
+
+
 def optional_timestamp_to_us(msg, field_name: str, violations: Violations) -> int | None:  # type: ignore[no-untyped-def]
     """A request's Timestamp field in microseconds, None when unset; refused outside Timestamp's own range."""
     if not msg.HasField(field_name):
         return None
     ts = getattr(msg, field_name)
-    if not (MIN_TIMESTAMP_SECONDS <= ts.seconds <= MAX_TIMESTAMP_SECONDS and 0 <= ts.nanos < 1_000_000_000):
-        violations.add(field_name, "must be a valid timestamp from 0001-01-01 to 9999-12-31")
+    if not is_valid_timestamp(ts):
+        violations.add(field_name, INVALID_TIMESTAMP)
         return None
     return timestamp_to_us(ts)
 
@@ -121,6 +135,15 @@ def us_to_timestamp(us: int | None) -> timestamp_pb2.Timestamp | None:
 
 def duration_to_us(d: duration_pb2.Duration) -> int:
     return d.seconds * 1_000_000 + d.nanos // 1000
+
+
+MAX_DURATION_SECONDS = 315_576_000_000  # about 10,000 years: Duration's own range
+
+
+def is_valid_duration(d: duration_pb2.Duration) -> bool:
+    """Within Duration's own range: nanos under a second, of the seconds' sign."""
+    return (abs(d.seconds) <= MAX_DURATION_SECONDS and abs(d.nanos) < 1_000_000_000
+            and not (d.seconds > 0 > d.nanos or d.seconds < 0 < d.nanos))
 
 
 def us_to_duration(us: int) -> duration_pb2.Duration:
@@ -156,33 +179,35 @@ def event_from_proto(msg: event_pb2.Event, path: str, now_us: int, violations: V
     if not event_id:
         violations.add(f"{path}.event_id", "is required")
     elif not re.fullmatch(_EVENT_ID, event_id):
-        violations.add(f"{path}.event_id", f"must be 1 to {MAX_ID_LENGTH} characters, without '/' or control characters")
+        violations.add(f"{path}.event_id", f"must be 1 to {limits.EVENT_ID} characters, without '/' or control characters")
     event_time_us = 0
     if not msg.HasField("event_time"):
         violations.add(f"{path}.event_time", "is required")
+    elif not is_valid_timestamp(msg.event_time):
+        violations.add(f"{path}.event_time", INVALID_TIMESTAMP)
     else:
         event_time_us = timestamp_to_us(msg.event_time)
         if event_time_us <= 0:
             violations.add(f"{path}.event_time", "must be after 1970-01-01")
         elif event_time_us > now_us + MAX_FUTURE_US:
             violations.add(f"{path}.event_time", "must not be more than 5 minutes in the future")
-    user_id = _optional_text(msg.user_id, f"{path}.user_id", MAX_ID_LENGTH, violations)
-    anonymous_id = _optional_text(msg.anonymous_id, f"{path}.anonymous_id", MAX_ID_LENGTH, violations)
+    user_id = _optional_text(msg.user_id, f"{path}.user_id", limits.PLAYER_ID, violations)
+    anonymous_id = _optional_text(msg.anonymous_id, f"{path}.anonymous_id", limits.PLAYER_ID, violations)
     if not user_id and not anonymous_id:
         violations.add(f"{path}.user_id", "an event needs user_id, anonymous_id, or both")
     email_sha256 = email_sha256_reddit = None
     if msg.email:
-        if len(msg.email) > MAX_EMAIL_LENGTH or not hashing.looks_like_email(msg.email):
+        if len(msg.email) > limits.EMAIL or not hashing.looks_like_email(msg.email):
             violations.add(f"{path}.email", "must be an email address such as player@example.com")
         else:
             email_sha256 = hashing.hash_email_tiktok(msg.email)
             email_sha256_reddit = hashing.hash_email_reddit(msg.email)
     ip_address = None
     if msg.ip_address:
-        ip_address = hashing.canonical_ip(msg.ip_address.strip())
+        ip_address = hashing.canonical_ip(msg.ip_address.strip()) if len(msg.ip_address) <= limits.IP_ADDRESS else None
         if ip_address is None:
-            violations.add(f"{path}.ip_address", "must be an IPv4 or IPv6 address")
-    user_agent = _optional_text(msg.user_agent, f"{path}.user_agent", MAX_USER_AGENT_LENGTH, violations)
+            violations.add(f"{path}.ip_address", f"must be an IPv4 or IPv6 address of at most {limits.IP_ADDRESS} characters")
+    user_agent = _optional_text(msg.user_agent, f"{path}.user_agent", limits.USER_AGENT, violations)
 
     kind_name = msg.WhichOneof("kind")
     fields: dict[str, object] = {}
@@ -216,12 +241,15 @@ def _ad_click(msg: event_pb2.AdClick, path: str, violations: Violations) -> dict
         network = NETWORK_FROM_PROTO.get(msg.network)
         if network is None:
             violations.add(f"{path}.network", "must be NETWORK_TIKTOK or NETWORK_REDDIT")
-    click_id = _optional_text(msg.click_id, f"{path}.click_id", MAX_CLICK_ID_LENGTH, violations)
-    landing_url = _optional_text(msg.landing_url, f"{path}.landing_url", MAX_URL_LENGTH, violations)
+    click_id = _optional_text(msg.click_id, f"{path}.click_id", limits.CLICK_ID, violations)
+    landing_url = _optional_text(msg.landing_url, f"{path}.landing_url", limits.URL, violations)
     if click_id and not network and not landing_url:
         violations.add(f"{path}.network", "is required when click_id is given without a landing_url to derive it from")
-    network, click_id = derive_click(network, click_id, landing_url)
-    return {"network": network, "click_id": click_id, "landing_url": landing_url}
+    network, derived_id = derive_click(network, click_id, landing_url)
+    # Its bound is an explicit click id's; and the URL's escapes are decoded, so a %00 in it is a NUL in the click id.
+    if network and derived_id and derived_id != click_id and (problem := text_problem(derived_id, limits.CLICK_ID)):
+        violations.add(f"{path}.landing_url", f"its {CLICK_ID_PARAMS[network]} parameter, the click id, {problem}")
+    return {"network": network, "click_id": derived_id, "landing_url": landing_url}
 
 
 def _purchase(msg: event_pb2.Purchase, path: str, violations: Violations) -> dict[str, object]:
@@ -244,12 +272,12 @@ def _purchase(msg: event_pb2.Purchase, path: str, violations: Violations) -> dic
         violations.add(f"{path}.currency", "is required when a value is given")
     if currency and not amount:
         violations.add(f"{path}.value", "is required when a currency is given")
-    order_id = _optional_text(msg.order_id, f"{path}.order_id", MAX_ID_LENGTH, violations)
+    order_id = _optional_text(msg.order_id, f"{path}.order_id", limits.ORDER_ID, violations)
     if len(msg.item_ids) > MAX_ITEM_IDS:
         violations.add(f"{path}.item_ids", f"must hold at most {MAX_ITEM_IDS} ids")
     for i, item in enumerate(msg.item_ids[:MAX_ITEM_IDS]):
-        if not item.strip() or len(item) > MAX_ID_LENGTH:
-            violations.add(f"{path}.item_ids[{i}]", f"must be 1 to {MAX_ID_LENGTH} characters")
+        if not item.strip() or len(item) > limits.ITEM_ID:
+            violations.add(f"{path}.item_ids[{i}]", f"must be 1 to {limits.ITEM_ID} characters")
     return {"value_micros": value_micros, "currency": currency, "order_id": order_id,
             "item_ids": tuple(i.strip() for i in msg.item_ids)}
 
@@ -287,29 +315,31 @@ def valid_event_from_proto(msg: event_pb2.Event, now_us: int) -> NewEvent | None
     each problem. The same rules, without building field paths or messages; where a check here is cheaper but
     stricter (isprintable() also refuses characters the full rules allow), the full path has the last word."""
     event_id = msg.event_id.strip()
-    if not (event_id and len(event_id) <= MAX_ID_LENGTH and "/" not in event_id and event_id.isprintable()):
+    if not (event_id and len(event_id) <= limits.EVENT_ID and "/" not in event_id and event_id.isprintable()):
         return None
     # An unset event_time reads as 0 and is refused here, so the full path reports it as missing.
     time = msg.event_time
-    event_time_us = time.seconds * 1_000_000 + time.nanos // 1000
-    if not 0 < event_time_us <= now_us + MAX_FUTURE_US:
+    nanos = time.nanos
+    event_time_us = time.seconds * 1_000_000 + nanos // 1000
+    if not (0 < event_time_us <= now_us + MAX_FUTURE_US and 0 <= nanos < 1_000_000_000):
         return None
     user_id = msg.user_id.strip()
     anonymous_id = msg.anonymous_id.strip()
-    if (not (user_id or anonymous_id) or len(user_id) > MAX_ID_LENGTH or len(anonymous_id) > MAX_ID_LENGTH
+    if (not (user_id or anonymous_id) or len(user_id) > limits.PLAYER_ID or len(anonymous_id) > limits.PLAYER_ID
             or not user_id.isprintable() or not anonymous_id.isprintable()):
         return None
     email_sha256 = email_sha256_reddit = None
     if email := msg.email:
-        if len(email) > MAX_EMAIL_LENGTH or not hashing.looks_like_email(email):
+        if len(email) > limits.EMAIL or not hashing.looks_like_email(email):
             return None
         email_sha256 = hashing.hash_email_tiktok(email)
         email_sha256_reddit = hashing.hash_email_reddit(email)
     ip_address = None
-    if msg.ip_address and (ip_address := hashing.canonical_ip(msg.ip_address.strip())) is None:
+    if (raw_ip := msg.ip_address) and (len(raw_ip) > limits.IP_ADDRESS
+                                       or (ip_address := hashing.canonical_ip(raw_ip.strip())) is None):
         return None
     user_agent = msg.user_agent.strip()
-    if len(user_agent) > MAX_USER_AGENT_LENGTH or not user_agent.isprintable():
+    if len(user_agent) > limits.USER_AGENT or not user_agent.isprintable():
         return None
     kind_name = msg.WhichOneof("kind")
     network = click_id = landing_url = value_micros = currency = order_id = None
@@ -320,10 +350,12 @@ def valid_event_from_proto(msg: event_pb2.Event, now_us: int) -> NewEvent | None
             return None
         click_id = click.click_id.strip()
         landing_url = click.landing_url.strip()
-        if (len(click_id) > MAX_CLICK_ID_LENGTH or len(landing_url) > MAX_URL_LENGTH or not click_id.isprintable()
+        if (len(click_id) > limits.CLICK_ID or len(landing_url) > limits.URL or not click_id.isprintable()
                 or not landing_url.isprintable() or (click_id and not network and not landing_url)):
             return None
         network, click_id = derive_click(network, click_id or None, landing_url or None)
+        if click_id and (len(click_id) > limits.CLICK_ID or not click_id.isprintable()):  # derived from the URL
+            return None
     elif kind_name == "purchase":
         purchase = msg.purchase
         amount = purchase.WhichOneof("amount")
@@ -339,11 +371,11 @@ def valid_event_from_proto(msg: event_pb2.Event, now_us: int) -> NewEvent | None
         if bool(amount) != bool(currency) or (currency and currency not in ISO_4217_CODES):
             return None
         order_id = purchase.order_id.strip()
-        if len(order_id) > MAX_ID_LENGTH or not order_id.isprintable():
+        if len(order_id) > limits.ORDER_ID or not order_id.isprintable():
             return None
         if raw_items := list(purchase.item_ids):  # one read of the repeated field: each read converts it again
             item_ids = tuple(item.strip() for item in raw_items)
-            if len(raw_items) > MAX_ITEM_IDS or not all(item_ids) or max(map(len, raw_items)) > MAX_ID_LENGTH:
+            if len(raw_items) > MAX_ITEM_IDS or not all(item_ids) or max(map(len, raw_items)) > limits.ITEM_ID:
                 return None
     elif kind_name is None or (kind_name == "identify" and not user_id):
         return None
@@ -409,7 +441,7 @@ def _postback_fields(game_id: str, postback: PostbackView) -> dict[str, object]:
     fields: dict[str, object] = {
         "postback_config": config_name(game_id, postback.config_id),
         "network": NETWORK_TO_PROTO[postback.network],
-        "state": STATE_TO_PROTO[postback.state],
+        "state": conversion_pb2.POSTBACK_STATE_HELD if postback.hold_reason else STATE_TO_PROTO[postback.state],
         "attempt_count": postback.attempt_count,
     }
     if postback.last_attempt_time_us is not None:
@@ -418,6 +450,10 @@ def _postback_fields(game_id: str, postback: PostbackView) -> dict[str, object]:
         fields["next_attempt_time"] = _timestamp_fields(postback.next_attempt_time_us)
     if postback.last_error:
         fields["last_error"] = postback.last_error
+    if postback.failure_reason:
+        fields["failure_reason"] = FAILURE_REASON_TO_PROTO[postback.failure_reason]
+    if postback.hold_reason:
+        fields["hold_reason"] = postback.hold_reason
     return fields
 
 

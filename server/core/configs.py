@@ -2,19 +2,19 @@
 
 import re
 
+from server.core import limits
 from server.core.types import ConfigHealth, Network
 
-MAX_TOKEN_LENGTH = 2048
-_REDDIT_PIXEL = re.compile(r"a2_[A-Za-z0-9]{1,61}")
-_TIKTOK_PIXEL = re.compile(r"[A-Za-z0-9]{1,64}")
+_REDDIT_PIXEL = re.compile(rf"a2_[A-Za-z0-9]{{1,{limits.PIXEL_ID - 3}}}")
+_TIKTOK_PIXEL = re.compile(rf"[A-Za-z0-9]{{1,{limits.PIXEL_ID}}}")
 
 
 def access_token_problem(token: str) -> str | None:
     """Why a (trimmed) token is obviously not a token, or None. The network decides the rest."""
     if not token:
         return "is required"
-    if len(token) > MAX_TOKEN_LENGTH:
-        return f"must be at most {MAX_TOKEN_LENGTH} characters"
+    if len(token) > limits.ACCESS_TOKEN:
+        return f"must be at most {limits.ACCESS_TOKEN} characters"
     if any(c.isspace() or not c.isprintable() for c in token):
         return "must not contain spaces or control characters (copy the token again)"
     return None
@@ -24,9 +24,9 @@ def pixel_id_problem(network: Network, pixel_id: str) -> str | None:
     if not pixel_id:
         return "is required"
     if network == Network.REDDIT and not _REDDIT_PIXEL.fullmatch(pixel_id):
-        return "must be a Reddit pixel ID: a2_ followed by letters and digits, at most 64 characters"
+        return f"must be a Reddit pixel ID: a2_ followed by letters and digits, at most {limits.PIXEL_ID} characters"
     if network == Network.TIKTOK and not _TIKTOK_PIXEL.fullmatch(pixel_id):
-        return "must be a TikTok pixel code: up to 64 letters and digits"
+        return f"must be a TikTok pixel code: up to {limits.PIXEL_ID} letters and digits"
     return None
 
 

@@ -4,6 +4,8 @@ import hashlib
 import ipaddress
 import re
 
+from server.core import limits
+
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _NOT_ASCII_ALNUM = re.compile(r"[^a-z0-9]")
 # Separators people type inside phone numbers; anything else left over makes the number invalid.
@@ -11,7 +13,6 @@ _PHONE_SEPARATORS = re.compile(r"[\s\-().]")
 # E.164: a country code that never starts with 0, at most 15 digits in all.
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 _SIMPLE_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
-_MAX_EMAIL_LENGTH = 254
 
 
 def sha256_hex(text: str) -> str:
@@ -22,7 +23,7 @@ def sha256_hex(text: str) -> str:
 def looks_like_email(raw: str) -> bool:
     """A deliberately simple sanity check: one '@', a non-empty local part, a dotted domain, no spaces."""
     candidate = raw.strip()
-    return len(candidate) <= _MAX_EMAIL_LENGTH and _SIMPLE_EMAIL.fullmatch(candidate) is not None
+    return len(candidate) <= limits.EMAIL and _SIMPLE_EMAIL.fullmatch(candidate) is not None
 
 
 def normalise_email_tiktok(raw: str) -> str:

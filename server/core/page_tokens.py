@@ -4,6 +4,8 @@ import base64
 import hashlib
 import json
 
+from server.core import limits
+
 
 def query_digest(*parts: object) -> str:
     """A short digest of a query's parent and filters; a token only continues the query it was made for."""
@@ -15,13 +17,9 @@ def encode(cursor: int, query: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-# Tokens this module makes are under 100 characters; a longer one is refused before any decoding work.
-MAX_TOKEN_LENGTH = 512
-
-
 def decode(token: str, query: str) -> int:
     """The cursor in `token`; ValueError when it is malformed or was made for another query."""
-    if len(token) > MAX_TOKEN_LENGTH:
+    if len(token) > limits.PAGE_TOKEN:  # refused before any decoding work
         raise ValueError("is not a token this service issued")
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))

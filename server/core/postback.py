@@ -111,6 +111,11 @@ def short_message(text: str) -> str:
     return one_line[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
+def reply_text(value: str | None, limit: int) -> str | None:
+    """A code or id read from a network's reply, cut to what the delivery log keeps of it (server.core.limits)."""
+    return value[:limit] if value else value
+
+
 def header_value(headers: Mapping[str, str], name: str) -> str | None:
     """Case-insensitive lookup that also works on plain dicts."""
     lowered = name.lower()

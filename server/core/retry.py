@@ -50,6 +50,15 @@ def horizon_us(policy: RetryPolicy, network: Network, first_attempt_us: int, eve
     return event_time_us + round(policy.reddit_max_event_age_s * US_PER_S)
 
 
+def window_closed_before_us(policy: RetryPolicy, network: Network, now_us: int) -> int:
+    """A postback whose first attempt (TikTok) or event (Reddit) came before this time is past its horizon at now_us:
+    the same rule as horizon_us, stated on the column a query can compare. A TikTok postback never attempted has
+    no window yet."""
+    if network is Network.TIKTOK:
+        return now_us - round(policy.tiktok_window_s * US_PER_S)
+    return now_us - round(policy.reddit_max_event_age_s * US_PER_S)
+
+
 def give_up_reason(network: Network) -> str:
     return GIVE_UP_REASONS[network]
 

@@ -3,6 +3,7 @@
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from server.core import limits
 from server.core.hashing import hash_email_tiktok, hash_external_id
 from server.core.postback import (
     VALIDATION_DEDUP_PREFIX,
@@ -19,6 +20,7 @@ from server.core.postback import (
     json_number,
     json_object_with_array,
     parse_json_object,
+    reply_text,
     retry_after_seconds,
     short_message,
 )
@@ -126,9 +128,9 @@ def classify_response(http_status: int, body: bytes, headers: Mapping[str, str])
         return Classification(
             outcome=outcome,
             http_status=http_status,
-            network_code=code,
+            network_code=reply_text(code, limits.NETWORK_CODE),
             message=short_message(message),
-            request_id=request_id,
+            request_id=reply_text(request_id, limits.NETWORK_REQUEST_ID),
             retry_after_s=retry_after_seconds(headers) if retrying else None,
         )
 

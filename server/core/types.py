@@ -37,6 +37,15 @@ class DeliveryState(StrEnum):
     CANCELLED = "cancelled"
 
 
+class FailureReason(StrEnum):
+    """Why a postback failed: what a replay selects by."""
+
+    PAYLOAD = "payload"  # the network refused the event, or it lacks what the network matches by
+    CREDENTIALS = "credentials"  # the network refused the credentials (before such postbacks were held instead)
+    RETRY_WINDOW_CLOSED = "retry_window_closed"  # transient failures until the network's window closed
+    WINDOW_CLOSED_WHILE_HELD = "window_closed_while_held"  # held by its config's open circuit past the window
+
+
 class AttemptStatus(StrEnum):
     """Status of one HTTP attempt, as the delivery log shows it."""
 

@@ -18,6 +18,8 @@ from server.services.deliveries import Attempt, Batch, ClaimedDelivery, Lease, T
 log = logging.getLogger("postbacks.dispatch")
 # How often an idle dispatcher on SQLite looks whether another process committed (a few microseconds a look).
 _WATCH_S = 0.005
+# How often held postbacks are looked through for windows that closed (or each probe interval, if shorter).
+_HELD_WINDOW_CHECK_S = 60.0
 
 
 def new_owner_id() -> str:
@@ -84,6 +86,12 @@ class Dispatcher:
         # A batch sent and being recorded, by its task: it holds no slot (see _deliver).
         self._recording: dict[asyncio.Task[None], Lease] = {}
         self._buckets: dict[int, TokenBucket] = {}
+        # Configs whose postbacks the last claim found held by open circuits, and those whose batch was just refused
+        # its credentials (skipped until that record commits and opens the circuit for every dispatcher).
+        self._held: tuple[int, ...] = ()
+        self._refused: set[int] = set()
+        self._held_checked = 0.0  # event loop time of the last look for held postbacks past their windows
+        self._held_check: asyncio.Task[None] | None = None
         # The database's data_version when the last claim began (SQLite): a change means another process committed.
         self._seen_version: int | None = None
         # When a change of data_version may end an idle wait again (event loop time), and whether it ended the
@@ -110,6 +118,9 @@ class Dispatcher:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
+        if self._held_check is not None:
+            self._held_check.cancel()
+            await asyncio.gather(self._held_check, return_exceptions=True)
         leases = {**self._in_flight, **self._recording}
         tasks = list(leases)
         if tasks and grace_s > 0:
@@ -147,11 +158,15 @@ class Dispatcher:
                 try:
                     claim = await deliveries.lease_due(self._ctx, self.owner_id, max_batches=free,
                                                        batch_size=settings.dispatch_batch_size,
-                                                       skip_config_row_ids=[*self._full_configs(), *rate_limited],
+                                                       skip_config_row_ids=[*self._full_configs(), *rate_limited,
+                                                                            *self._refused],
                                                        batches_allowed=self._batches_allowed)
                 except Exception:
                     log.exception("claiming due postbacks failed; trying again in %.1fs", timeout_s)
                 else:
+                    self._held = claim.held_config_row_ids
+                    if self._held:
+                        self._check_held_windows()
                     # Each batch is read by its own task: the next lease is taken while this one's conversions
                     # are read, which took the claim loop half its time when they were read here.
                     for lease in claim.leases:
@@ -207,9 +222,23 @@ class Dispatcher:
                 if await self._due_work_waits():
                     return
 
+    def _check_held_windows(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._held_checked < min(_HELD_WINDOW_CHECK_S, self._ctx.settings.credential_probe_interval_s):
+            return
+        if self._held_check is None or self._held_check.done():
+            self._held_checked = now
+            self._held_check = asyncio.create_task(self._fail_held_past_window(self._held), name="held windows")
+
+    async def _fail_held_past_window(self, config_row_ids: tuple[int, ...]) -> None:
+        try:
+            await deliveries.fail_held_past_window(self._ctx, config_row_ids)
+        except Exception:
+            log.exception("looking for held postbacks past their windows failed; looking again later")
+
     async def _due_work_waits(self) -> bool:
         try:
-            return await deliveries.has_due_work(self._ctx)
+            return await deliveries.has_due_work(self._ctx, some_held=bool(self._held))
         except Exception:
             log.exception("looking for due postbacks failed")
             return False
@@ -231,25 +260,34 @@ class Dispatcher:
 
     async def _deliver(self, lease: Lease) -> None:
         batch: Batch | None = None
+        refused = False
         try:
             batch = await deliveries.load_leased(self._ctx, self.owner_id, lease)
             if batch is None:
                 return
             target = batch.target
             attempts = await self._send(batch)
+            last = attempts[-1].classification
+            if last.outcome is Outcome.FAILED_CREDENTIALS:
+                refused = True
+                self._refused.add(lease.config_row_id)
             # Sent: the slot goes to the config's next batch now, not once this record commits. The record waits
             # its turn at the database's writer behind others; holding the slot meanwhile kept the network idle
             # about a third of the time while a backlog was sent (four slots, a cycle of about 70 ms of which the
             # record took 22).
             self._release_slot(lease)
-            await deliveries.record_attempts(self._ctx, self.owner_id, target, attempts)
-            last = attempts[-1].classification
+            await deliveries.record_attempts(self._ctx, self.owner_id, target, attempts, probe=lease.probe)
+            if lease.probe:
+                self._ctx.metrics.count_probe(target.network.value, last.outcome.value)
             level = logging.DEBUG if last.outcome is Outcome.SUCCESS else logging.INFO
-            log.log(level, "%s: %d postbacks sent, last outcome %s (%s)", target.name, len(batch.deliveries),
-                    last.outcome.value, deliveries.describe(last))
+            log.log(level, "%s: %d postbacks sent%s, last outcome %s (%s)", target.name, len(batch.deliveries),
+                    " as a probe" if lease.probe else "", last.outcome.value, deliveries.describe(last))
         except Exception:
             log.exception("sending %d postbacks of %s failed; they are sent again once their lease expires",
                           len(lease.rows), batch.target.name if batch else f"config row {lease.config_row_id}")
+        finally:
+            if refused:
+                self._refused.discard(lease.config_row_id)
 
     def _release_slot(self, lease: Lease) -> None:
         task = asyncio.current_task()

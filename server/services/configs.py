@@ -1,6 +1,7 @@
 """Postback config use cases: create and rotate (after the network accepts the credentials), read, update, delete."""
 
 import secrets as random_ids
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select, update
@@ -8,10 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.core import configs as rules
 from server.core import page_tokens
+from server.core.circuit import CLOSED, Circuit, CircuitCause, CircuitState
 from server.core.postback import NetworkCredentials
 from server.core.types import ConfigHealth, DeliveryState, EventType, Network
 from server.errors import AlreadyExists, InvalidArgument, NotFound
 from server.secrets import token_hint
+from server.services import circuits
 from server.services.context import ServiceContext
 from server.services.credentials import CredentialCheck, require_accepted
 from server.store.models import PENDING, Delivery, PostbackConfig, RenderedPostback
@@ -39,6 +42,19 @@ class ConfigChanges:
 
 
 @dataclass(frozen=True, slots=True)
+class CircuitView:
+    """A config's circuit as callers see it: whether its postbacks are sent or held, why, and how many wait."""
+
+    state: CircuitState
+    cause: CircuitCause | None
+    open_time_us: int | None
+    next_probe_time_us: int | None  # open: when the next probe may go; probing: when the probe's lease ends
+    failed_probes: int
+    held_count: int
+    oldest_held_create_time_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class ConfigView:
     game_id: str
     config_id: str
@@ -52,9 +68,14 @@ class ConfigView:
     create_time_us: int
     update_time_us: int
     credentials_update_time_us: int
+    circuit: CircuitView
 
 
-def _view(row: PostbackConfig) -> ConfigView:
+def _view(row: PostbackConfig, now_us: int, held: dict[int, circuits.Held] | None = None,
+          circuit: Circuit | None = None) -> ConfigView:
+    """The config as callers see it; `held` counts what the open circuits among its rows hold (see _held)."""
+    circuit = circuits.circuit_of(row) if circuit is None else circuit
+    held_here = (held or {}).get(row.id, circuits.Held(0, None)) if circuit.cause else circuits.Held(0, None)
     return ConfigView(
         game_id=row.game_id,
         config_id=row.config_id,
@@ -69,7 +90,15 @@ def _view(row: PostbackConfig) -> ConfigView:
         create_time_us=row.create_time_us,
         update_time_us=row.update_time_us,
         credentials_update_time_us=row.credentials_update_time_us,
+        circuit=CircuitView(circuit.state(now_us), circuit.cause, circuit.open_time_us,
+                            circuit.probe_time_us if circuit.cause else None, circuit.failed_probes, *held_here),
     )
+
+
+async def _held(session: AsyncSession, rows: Sequence[PostbackConfig]) -> dict[int, circuits.Held]:
+    """What the open circuits among these configs hold."""
+    open_ids = [row.id for row in rows if row.circuit_cause is not None]
+    return await session.run_sync(circuits.held_postbacks, open_ids) if open_ids else {}
 
 
 def _encode_events(events: frozenset[EventType]) -> str:
@@ -128,12 +157,13 @@ async def create_config(ctx: ServiceContext, game_id: str, config_id: str | None
             raise AlreadyExists(f"postback config games/{game_id}/postbackConfigs/{config_id} already exists",
                                 reason="POSTBACK_CONFIG_EXISTS")
         session.add(row)
-    return _view(row)
+    return _view(row, now_us)
 
 
 async def get_config(ctx: ServiceContext, game_id: str, config_id: str) -> ConfigView:
     async with ctx.db.snapshot() as session:
-        return _view(await _find(session, game_id, config_id))
+        row = await _find(session, game_id, config_id)
+        return _view(row, ctx.clock(), await _held(session, [row]))
 
 
 async def list_configs(ctx: ServiceContext, game_id: str, page_size: int, page_token: str) -> tuple[list[ConfigView], str]:
@@ -151,8 +181,10 @@ async def list_configs(ctx: ServiceContext, game_id: str, page_size: int, page_t
             .where(PostbackConfig.game_id == game_id, PostbackConfig.delete_time_us.is_(None), PostbackConfig.id > after)
             .order_by(PostbackConfig.id).limit(size + 1)
         )).scalars().all()
+        held = await _held(session, rows[:size])
     next_token = page_tokens.encode(rows[size - 1].id, query) if len(rows) > size else ""
-    return [_view(r) for r in rows[:size]], next_token
+    now_us = ctx.clock()
+    return [_view(r, now_us, held) for r in rows[:size]], next_token
 
 
 async def update_config(ctx: ServiceContext, game_id: str, config_id: str, changes: ConfigChanges) -> ConfigView:
@@ -165,7 +197,7 @@ async def update_config(ctx: ServiceContext, game_id: str, config_id: str, chang
         if changes.trigger_events is not None:
             row.trigger_events = _encode_events(changes.trigger_events)
         row.update_time_us = ctx.clock()
-        return _view(row)
+        return _view(row, row.update_time_us, await _held(session, [row]))
 
 
 async def delete_config(ctx: ServiceContext, game_id: str, config_id: str) -> int:
@@ -204,7 +236,14 @@ async def rotate_credentials(ctx: ServiceContext, game_id: str, config_id: str, 
         row.access_token_hint = token_hint(access_token)
         row.credentials_update_time_us = now_us
         row.update_time_us = now_us
-        return _view(row)
+        circuit = None
+        if row.circuit_cause is not None:
+            # The network just accepted the new credentials: what the circuit held goes out now, oldest first.
+            await session.run_sync(circuits.close, row.id, now_us)
+            circuit = CLOSED
+        view = _view(row, now_us, circuit=circuit)
+    ctx.outbox_changed()
+    return view
 
 
 async def validate_credentials(ctx: ServiceContext, game_id: str, config_id: str | None,

@@ -6,8 +6,9 @@ from typing import NamedTuple
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from server.core.circuit import CircuitCause, describe_hold
 from server.core.events import EventKind
-from server.core.types import DeliveryState, EventType, Network, NoPostbackReason
+from server.core.types import DeliveryState, EventType, FailureReason, Network, NoPostbackReason
 from server.errors import NotFound
 from server.services.context import ServiceContext
 from server.store.models import Delivery, Event, PostbackConfig
@@ -34,6 +35,9 @@ class PostbackView(NamedTuple):
     last_attempt_time_us: int | None
     next_attempt_time_us: int | None
     last_error: str | None
+    failure_reason: FailureReason | None = None
+    # Set for a pending postback its config's open circuit holds: why (and then state is shown as held).
+    hold_reason: str | None = None
 
 
 class ConversionView(NamedTuple):
@@ -83,21 +87,27 @@ def conversion_views(session: Session, game_id: str, event_ids: Iterable[str]) -
     postbacks: dict[int, list[PostbackView]] = {}
     delivery_rows = session.execute(
         select(Delivery.event_row_id, Delivery.state, Delivery.attempt_count, Delivery.last_attempt_time_us,
-               Delivery.next_attempt_time_us, Delivery.last_error, PostbackConfig.config_id, PostbackConfig.network)
+               Delivery.next_attempt_time_us, Delivery.last_error, Delivery.failure_reason, PostbackConfig.config_id,
+               PostbackConfig.network, PostbackConfig.circuit_cause)
         .join(PostbackConfig, PostbackConfig.id == Delivery.config_row_id)
         .where(in_values(Delivery.event_row_id, [r.id for r in rows]))
         .order_by(PostbackConfig.config_id)
     )
     for delivery in delivery_rows:
         state = DeliveryState(delivery.state)
+        held = state == DeliveryState.PENDING and delivery.circuit_cause is not None
         postbacks.setdefault(delivery.event_row_id, []).append(PostbackView(
             config_id=delivery.config_id,
             network=Network(delivery.network),
             state=state,
             attempt_count=delivery.attempt_count,
             last_attempt_time_us=delivery.last_attempt_time_us,
-            next_attempt_time_us=delivery.next_attempt_time_us if state == DeliveryState.PENDING else None,
+            # A held postback's next attempt is its config's: see the circuit's next probe.
+            next_attempt_time_us=delivery.next_attempt_time_us if state == DeliveryState.PENDING and not held
+            else None,
             last_error=delivery.last_error,
+            failure_reason=FailureReason(delivery.failure_reason) if delivery.failure_reason else None,
+            hold_reason=describe_hold(CircuitCause(delivery.circuit_cause)) if held else None,
         ))
     return {r.event_id: _view(game_id, r, clicks.get(r.attributed_click_event_id or ""), postbacks.get(r.id, []))
             for r in rows}

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from server.core import attribution
 from server.core.attribution import Click, Config, Conversion, Decision, Player
+from server.core.circuit import CircuitCause, describe_hold
 from server.core.erasure import subject_digests
 from server.core.events import EventKind, NewEvent
 from server.core.types import DeliveryState, EventType, Network, NoPostbackReason
@@ -405,16 +406,17 @@ def _load_history(session: Session, locks: PlayerLocks | None, game_id: str, use
     return history
 
 
-def _game_rules(session: Session, game_id: str) -> tuple[list[Config], dict[str, int], int, bool]:
-    """The game's postback configs (as attribution sees them, and their row ids), its lookback window, and whether
-    it has any erasure tombstones."""
+def _game_rules(session: Session, game_id: str) -> tuple[list[Config], dict[str, int], dict[str, str], int, bool]:
+    """The game's postback configs (as attribution sees them, their row ids, and why those with open circuits hold
+    their postbacks), its lookback window, and whether it has any erasure tombstones."""
     rows = session.execute(_GAME_RULES, {"game": game_id}).all()
     config_rows = [row for row in rows if row.config_id is not None]
     configs = [
         Config(c.config_id, Network(c.network), c.enabled, frozenset(EventType(t) for t in c.trigger_events.split(",")))
         for c in config_rows
     ]
-    return (configs, {c.config_id: c.id for c in config_rows},
+    holding = {c.config_id: describe_hold(CircuitCause(c.circuit_cause)) for c in config_rows if c.circuit_cause}
+    return (configs, {c.config_id: c.id for c in config_rows}, holding,
             rows[0].lookback_us or attribution.DEFAULT_LOOKBACK_US, bool(rows[0].has_erasures))
 
 
@@ -427,13 +429,14 @@ def _decision_values(decision: Decision, now_us: int) -> tuple[object, ...]:
 
 
 def _new_view(game_id: str, event: NewEvent, conversion_type: EventType, decision: Decision,
-              configs: dict[str, Config], now_us: int) -> ConversionView:
+              configs: dict[str, Config], holding: dict[str, str], now_us: int) -> ConversionView:
     click = decision.click
     return ConversionView(
         game_id, event.event_id, conversion_type, event.event_time_us, now_us, event.user_id, event.anonymous_id,
         event.value_micros, event.currency, bool(decision.owed_config_ids), decision.reason,
         ClickView(click.key, click.network, click.click_id, click.click_time_us) if click else None,
-        tuple(PostbackView(c, configs[c].network, DeliveryState.PENDING, 0, None, now_us, None)
+        tuple(PostbackView(c, configs[c].network, DeliveryState.PENDING, 0, None, None if c in holding else now_us,
+                           None, hold_reason=holding.get(c))
               for c in decision.owed_config_ids),
         now_us,
     )
@@ -442,7 +445,7 @@ def _new_view(game_id: str, event: NewEvent, conversion_type: EventType, decisio
 def _store_and_attribute(ctx: ServiceContext, session: Session, locks: PlayerLocks | None, game_id: str,
                          events: list[NewEvent], fingerprints: list[str], now_us: int) -> _Stored:
     """Inserts the new events with their conversions' decisions and the deliveries they owe."""
-    configs, config_row_ids, lookback_us, has_erasures = _game_rules(session, game_id)
+    configs, config_row_ids, holding, lookback_us, has_erasures = _game_rules(session, game_id)
     configs_by_id = {c.config_id: c for c in configs}
     # Late data (a paid click, an identify) may change recent conversions' decisions: those awaiting it are read
     # with the history, as they stood before this batch.
@@ -470,7 +473,8 @@ def _store_and_attribute(ctx: ServiceContext, session: Session, locks: PlayerLoc
                                       configs, lookback_us, is_first_launch=not history.has_launched(keys))
             # The row keeps the match keys the decision relied on, so the postbacks can carry them.
             decided = _decision_values(decision, now_us)
-            stored.views[event.event_id] = _new_view(game_id, event, conversion_type, decision, configs_by_id, now_us)
+            stored.views[event.event_id] = _new_view(game_id, event, conversion_type, decision, configs_by_id, holding,
+                                                     now_us)
             if decision.owed_config_ids:
                 owed[event.event_id] = decision.owed_config_ids
             elif late_data and decision.reason in attribution.AWAITING_LATE_DATA:
@@ -614,7 +618,7 @@ _GAME_FACTS = select(
 ).subquery()
 _GAME_RULES = select(
     _GAME_FACTS.c.lookback_us, _GAME_FACTS.c.has_erasures, _CONFIGS.id, _CONFIGS.config_id,
-    _CONFIGS.network, _CONFIGS.enabled, _CONFIGS.trigger_events,
+    _CONFIGS.network, _CONFIGS.enabled, _CONFIGS.trigger_events, _CONFIGS.circuit_cause,
 ).select_from(_GAME_FACTS.outerjoin(PostbackConfig.__table__, and_(
     _CONFIGS.game_id == bindparam("game"), _CONFIGS.delete_time_us.is_(None))))
 _LINKS = select(

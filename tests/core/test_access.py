@@ -12,9 +12,12 @@ from server.core.access import (
     key_digest,
     new_key,
     normalise_key_id,
+    normalise_origin,
 )
 
 EVENTS, ADMIN = frozenset({Scope.EVENTS}), frozenset({Scope.ADMIN})
+CLIENT = frozenset({Scope.CLIENT_EVENTS})
+PUBLISHABLE = Grant("k", KeyKind.PUBLISHABLE, frozenset({"a"}), frozenset({"https://www.mygame.com"}))
 
 
 def test_a_new_key_is_well_formed_carries_its_id_and_is_stored_as_a_digest() -> None:
@@ -54,6 +57,11 @@ def test_game_of_name(name: str, game: str | None) -> None:
     (Grant("k", KeyKind.ADMIN, frozenset()), EVENTS, "a", False),
     (Grant("k", KeyKind.DEVELOPMENT, frozenset()), EVENTS, "a", True),
     (Grant("k", KeyKind.DEVELOPMENT, frozenset()), ADMIN, "a", True),
+    (PUBLISHABLE, EVENTS | CLIENT, "a", True),
+    (PUBLISHABLE, EVENTS | CLIENT, "b", False),
+    (PUBLISHABLE, EVENTS, "a", False),  # reads (GetConversion) are for ingest and admin keys
+    (PUBLISHABLE, ADMIN, "a", False),
+    (Grant("k", KeyKind.INGEST, frozenset({"a"})), EVENTS | CLIENT, "a", True),
     # No readable game: the handler refuses the request as malformed, whatever the key.
     (Grant("k", KeyKind.INGEST, frozenset({"a"})), EVENTS, None, True),
 ])
@@ -66,3 +74,45 @@ def test_denials_say_what_is_missing() -> None:
     assert "needs an admin key" in (ingest.denial(ADMIN, "a") or "")
     assert "games/b" in (ingest.denial(EVENTS, "b") or "") and "covers games/a" in (ingest.denial(EVENTS, "b") or "")
     assert len(ingest.denial(EVENTS, "x" * 10_000) or "") < 200
+
+
+@pytest.mark.parametrize(("grant", "kinds", "allowed"), [
+    (PUBLISHABLE, ["ad_click", "identify", "game_launch"], True),
+    (PUBLISHABLE, ["ad_click", None], True),  # an event without a kind is refused as malformed by the handler
+    (PUBLISHABLE, ["purchase"], False),
+    (PUBLISHABLE, ["ad_click", "purchase"], False),
+    (Grant("k", KeyKind.INGEST, frozenset({"a"})), ["purchase"], True),
+    (Grant("k", KeyKind.DEVELOPMENT, frozenset()), ["purchase"], True),
+])
+def test_what_events_a_grant_may_send(grant: Grant, kinds: list[str | None], allowed: bool) -> None:
+    assert (grant.event_kind_denial(kinds) is None) == allowed
+
+
+def test_a_publishable_key_is_told_why_it_may_not_send_purchases() -> None:
+    denial = PUBLISHABLE.event_kind_denial(["purchase"]) or ""
+    assert "not purchase" in denial and "ingest key" in denial
+    # A secret key's caller is a server: it is pointed at the ingest key, not at the public one.
+    assert "needs an ingest key" in (Grant("k", KeyKind.ADMIN, frozenset()).denial(EVENTS | CLIENT, "a") or "")
+    assert "a publishable key may not call this method" in (PUBLISHABLE.denial(ADMIN, "a") or "")
+
+
+@pytest.mark.parametrize(("text", "origin"), [
+    ("https://www.mygame.com", "https://www.mygame.com"),
+    ("https://www.MyGame.com/", "https://www.mygame.com"),
+    (" https://www.mygame.com:443 ", "https://www.mygame.com"),
+    ("http://www.mygame.com:443", "http://www.mygame.com:443"),
+    ("http://localhost:8000", "http://localhost:8000"),
+    ("http://127.0.0.1:80", "http://127.0.0.1"),
+    ("http://[::1]:8080", "http://[::1]:8080"),
+    ("https://www.mygame.com/landing", None),
+    ("https://www.mygame.com?x=1", None),
+    ("https://www.mygame.com#top", None),
+    ("https://user:pw@www.mygame.com", None),
+    ("https://www.mygame.com:99999", None),
+    ("ftp://www.mygame.com", None),
+    ("www.mygame.com", None),
+    ("null", None),
+    ("", None),
+])
+def test_normalise_origin(text: str, origin: str | None) -> None:
+    assert normalise_origin(text) == origin

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from server.core import reddit
+from server.core import limits, reddit
 from server.core.hashing import hash_email_reddit, hash_external_id, sha256_hex
 from server.core.postback import NetworkCredentials, Outcome, PostbackEvent
 from server.core.types import EventType
@@ -353,3 +353,10 @@ def test_retry_after(status: int, headers: dict[str, str], retry_after_s: float 
 
 def test_request_id_header_is_kept() -> None:
     assert reddit.classify_response(200, b"{}", {"x-request-id": "abc"}).request_id == "abc"
+
+
+def test_a_long_code_or_request_id_is_cut_to_what_the_delivery_log_keeps() -> None:
+    result = reddit.classify_response(400, json.dumps({"error": {"code": "E" * 100}}).encode(),
+                                      {"X-Request-Id": "r" * 300})
+    assert result.network_code == "E" * limits.NETWORK_CODE
+    assert result.request_id == "r" * limits.NETWORK_REQUEST_ID

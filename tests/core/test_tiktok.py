@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from server.core import tiktok
+from server.core import limits, tiktok
 from server.core.hashing import hash_email_tiktok, hash_external_id
 from server.core.postback import (
     Classification,
@@ -395,3 +395,9 @@ def test_value_and_currency_come_together() -> None:
         bare(EventType.PURCHASE, value_micros=1_000_000)
     with pytest.raises(ValueError):
         bare(EventType.PURCHASE, currency="USD")
+
+
+def test_a_long_code_or_request_id_is_cut_to_what_the_delivery_log_keeps() -> None:
+    result = tiktok.classify_response(200, envelope(4 * 10**40, "odd", "r" * 300), {})
+    assert result.network_code == str(4 * 10**40)[:limits.NETWORK_CODE]
+    assert result.request_id == "r" * limits.NETWORK_REQUEST_ID

@@ -128,6 +128,7 @@ class _Answer:
     body: bytes
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    accepted_events: int = 0  # how many events the network took in (a success)
 
     @classmethod
     def of_json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> _Answer:
@@ -149,7 +150,11 @@ class FakeAdNetwork:
         self._clock_s = clock_s
         self._scripts: dict[tuple[str, str, str | None], deque[Reply]] = {}
         self._defaults: dict[str, Reply] = dict.fromkeys(NETWORKS, Reply.ok())
+        self._pixel_defaults: dict[tuple[str, str], Reply] = {}
         self._received: list[ReceivedRequest] = []
+        self._accepted: list[ReceivedRequest] = []
+        self._accepted_events = 0
+        self._after_accepting: list[tuple[int, Callable[[], None]]] = []
         self._arrived = asyncio.Condition()
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -204,12 +209,29 @@ class FakeAdNetwork:
         key = (network, "token", token) if token is not None else (network, "pixel", pixel_id)
         self._scripts.setdefault(key, deque()).extend(replies)
 
-    def set_default(self, network: NetworkName, reply: Reply) -> None:
-        """The reply once the scripts are used up (initially Reply.ok())."""
-        self._defaults[network] = reply
+    def set_default(self, network: NetworkName, reply: Reply, *, pixel_id: str | None = None) -> None:
+        """The reply once the scripts are used up (initially Reply.ok()), for the network or one of its pixels (a
+        pixel refusing a token that works elsewhere, say)."""
+        if pixel_id is None:
+            self._defaults[network] = reply
+        else:
+            self._pixel_defaults[network, pixel_id] = reply
+
+    def accept_tokens(self, tokens: Iterable[str]) -> None:
+        """From now on the network accepts only these tokens: the others are refused as revoked."""
+        self.valid_tokens = set(tokens)
+
+    def after_accepting(self, events: int, change: Callable[[], None]) -> None:
+        """Calls change() once the network has taken in this many more events, before it judges another request:
+        a token revoked after the first 200 deliveries, say."""
+        self._after_accepting.append((self._accepted_events + events, change))
 
     def received(self, network: NetworkName | None = None) -> list[ReceivedRequest]:
         return [r for r in self._received if network is None or r.network == network]
+
+    def accepted(self, network: NetworkName | None = None) -> list[ReceivedRequest]:
+        """The requests the network answered with a success, in the order it answered them."""
+        return [r for r in self._accepted if network is None or r.network == network]
 
     # A built-in timeout keeps a missing request from hanging the test run, hence the noqa.
     async def wait_for(
@@ -232,12 +254,14 @@ class FakeAdNetwork:
             queue = self._scripts.get(key)
             if queue:
                 return queue.popleft()
+        if pixel_id is not None and (network, pixel_id) in self._pixel_defaults:
+            return self._pixel_defaults[network, pixel_id]
         return self._defaults[network]
 
     async def _record(
         self, request: web.Request, network: NetworkName, token: str | None, pixel_id: str | None
-    ) -> Any:
-        """Keep the request for the test to inspect; returns its parsed JSON body (None if not JSON)."""
+    ) -> ReceivedRequest:
+        """Keep the request for the test to inspect."""
         body = await request.read()
         try:
             parsed = json.loads(body)
@@ -257,11 +281,20 @@ class FakeAdNetwork:
         async with self._arrived:
             self._received.append(received)
             self._arrived.notify_all()
-        return parsed
+        return received
+
+    def _took_in(self, received: ReceivedRequest, events: int) -> None:
+        self._accepted.append(received)
+        self._accepted_events += events
+        due = [change for threshold, change in self._after_accepting if threshold <= self._accepted_events]
+        self._after_accepting = [(t, c) for t, c in self._after_accepting if t > self._accepted_events]
+        for change in due:
+            change()
 
     async def _respond(
         self,
         request: web.Request,
+        received: ReceivedRequest,
         reply: Reply,
         on_ok: Callable[[], _Answer],
         on_fault: Callable[[Reply], _Answer],
@@ -278,6 +311,8 @@ class FakeAdNetwork:
                 request.transport.close()
             return web.Response(status=204)
         answer = on_ok() if reply.kind == "ok" else on_fault(reply)
+        if answer.accepted_events:
+            self._took_in(received, answer.accepted_events)
         if reply.retry_after is not None:
             answer.headers["Retry-After"] = reply.retry_after
         return web.Response(
@@ -288,7 +323,8 @@ class FakeAdNetwork:
 
     async def _handle_tiktok(self, request: web.Request) -> web.StreamResponse:
         token = request.headers.get("Access-Token") or None
-        payload = await self._record(request, "tiktok", token, None)
+        received = await self._record(request, "tiktok", token, None)
+        payload = received.json
         pixel_id = payload.get("event_source_id") if isinstance(payload, dict) else None
         reply = self._next_reply("tiktok", pixel_id if isinstance(pixel_id, str) else None, token)
         request_id = uuid.uuid4().hex
@@ -305,7 +341,9 @@ class FakeAdNetwork:
             problem = _tiktok_problem(request, payload)
             if problem is not None:
                 return envelope(40002, f"Invalid parameter: {problem}")
-            return envelope(0)
+            accepted = envelope(0)
+            accepted.accepted_events = len(payload["data"])
+            return accepted
 
         def on_fault(fault: Reply) -> _Answer:
             if fault.kind == "tiktok_code":
@@ -315,7 +353,7 @@ class FakeAdNetwork:
                 return _Answer(fault.status, b"<html><body>Bad Gateway</body></html>", "text/html")
             return _Answer.of_json(fault.status, {"message": fault.message or f"HTTP {fault.status}"})
 
-        return await self._respond(request, reply, on_ok, on_fault)
+        return await self._respond(request, received, reply, on_ok, on_fault)
 
     # Reddit
 
@@ -323,7 +361,8 @@ class FakeAdNetwork:
         pixel_id = request.match_info["pixel_id"]
         authorization = request.headers.get("Authorization", "")
         token = authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else None
-        payload = await self._record(request, "reddit", token or None, pixel_id)
+        received = await self._record(request, "reddit", token or None, pixel_id)
+        payload = received.json
         reply = self._next_reply("reddit", pixel_id, token)
 
         def error(status: int, message: str, invalid: list[dict[str, Any]] | None = None) -> _Answer:
@@ -351,11 +390,13 @@ class FakeAdNetwork:
             if problem is not None:
                 return error(400, problem, invalid or None)
             count = len(payload["data"]["events"])
-            return _Answer.of_json(
+            accepted = _Answer.of_json(
                 200,
                 {"message": f"Successfully processed {count} conversion events."},
                 {"X-Request-Id": uuid.uuid4().hex},
             )
+            accepted.accepted_events = count
+            return accepted
 
         def on_fault(fault: Reply) -> _Answer:
             if fault.kind == "non_json":
@@ -366,7 +407,7 @@ class FakeAdNetwork:
                 return error(fault.status, fault.message or "pixel not accessible with this token")
             return error(fault.status, fault.message or f"HTTP {fault.status}")
 
-        return await self._respond(request, reply, on_ok, on_fault)
+        return await self._respond(request, received, reply, on_ok, on_fault)
 
 
 def _tiktok_problem(request: web.Request, payload: Any) -> str | None:

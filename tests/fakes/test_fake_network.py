@@ -279,6 +279,45 @@ async def test_valid_tokens(
             assert result.http_status == (200 if network == "tiktok" else 401)
 
 
+
+@pytest.mark.parametrize("network", ["tiktok", "reddit"])
+async def test_a_pixel_default_answers_that_pixel_until_changed(
+    fake: FakeAdNetwork, session: aiohttp.ClientSession, network: NetworkName
+) -> None:
+    refusal = Reply.tiktok(40001) if network == "tiktok" else Reply.http(403)
+    pixel, other = ("CPIXEL", "COTHER") if network == "tiktok" else ("a2_pixel1", "a2_other")
+    fake.set_default(network, refusal, pixel_id=pixel)
+
+    async def outcome(pixel_id: str) -> Outcome:
+        request = build(fake, network, credentials=NetworkCredentials("tt-token", pixel_id))
+        return (await send(session, request, network)).outcome
+
+    assert [await outcome(pixel), await outcome(pixel), await outcome(other)] == [
+        Outcome.FAILED_CREDENTIALS, Outcome.FAILED_CREDENTIALS, Outcome.SUCCESS]
+    fake.set_default(network, Reply.ok(), pixel_id=pixel)
+    assert await outcome(pixel) is Outcome.SUCCESS
+
+
+@pytest.mark.parametrize("network", ["tiktok", "reddit"])
+async def test_a_token_revoked_after_some_events_are_accepted(
+    fake: FakeAdNetwork, session: aiohttp.ClientSession, network: NetworkName
+) -> None:
+    fake.after_accepting(3, lambda: fake.accept_tokens({"new-token"}))
+
+    async def outcome(events: int, token: str) -> Outcome:
+        batch = [purchase(f"evt-{len(fake.received())}-{i}") for i in range(events)]
+        pixel = "CPIXEL" if network == "tiktok" else "a2_pixel1"
+        request = build(fake, network, batch, credentials=NetworkCredentials(token, pixel))
+        return (await send(session, request, network)).outcome
+
+    assert await outcome(2, "old-token") is Outcome.SUCCESS
+    assert await outcome(2, "old-token") is Outcome.SUCCESS  # the third event is in it: revoked after this one
+    assert await outcome(1, "old-token") is Outcome.FAILED_CREDENTIALS
+    assert await outcome(1, "new-token") is Outcome.SUCCESS
+    assert [len(r.json["data"] if network == "tiktok" else r.json["data"]["events"])
+            for r in fake.accepted(network)] == [2, 2, 1]
+    assert len(fake.received(network)) == 4
+
 # The fake checks requests as the real networks do
 
 
