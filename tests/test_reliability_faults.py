@@ -18,7 +18,7 @@ from tests.fakes.fake_network import FakeAdNetwork, NetworkName, Reply
 
 TIKTOK = network_pb2.NETWORK_TIKTOK
 REDDIT = network_pb2.NETWORK_REDDIT
-TIMEOUT_S = 0.3  # the dispatcher's total HTTP timeout: a slow reply below takes longer
+TIMEOUT_S = 1.0  # the dispatcher's total HTTP timeout: a slow reply below takes longer; a quick one, under load, never
 RETRY_AFTER_S = 0.2
 FAULTS_PER_NETWORK = 24
 USERS = 12
@@ -30,7 +30,7 @@ FAULTS: dict[str, tuple[Reply, tuple[str, int]]] = {
     "500": (Reply.http(500), ("retried", 500)),
     "502 html": (Reply.non_json(502), ("retried", 502)),
     "429": (Reply.http(429, retry_after=RETRY_AFTER_S), ("retried", 429)),
-    "timeout": (Reply.slow(TIMEOUT_S + 0.7), ("retried", 0)),
+    "timeout": (Reply.slow(TIMEOUT_S + 1.0), ("retried", 0)),
     "drop": (Reply.drop(), ("retried", 0)),
     "tiktok 40100": (Reply.tiktok(40100), ("retried", 200)),
 }
