@@ -26,7 +26,7 @@ DAY_US = 86_400_000_000
 # A row is written right after its attempt (at most an HTTP timeout later), so a stream that starts at a time
 # finds its first row among those attempted up to this much earlier.
 RECORDING_DELAY_BOUND_US = 3_600_000_000
-PURGE_CHUNK_ROWS = 5000
+PURGE_CHUNK_ROWS = 500
 
 
 @dataclass(frozen=True, slots=True)
