@@ -10,6 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from server.store.db import Database, alembic_config
+from server.store.log_partitions import is_partition
 from server.store.models import Base
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -32,7 +33,9 @@ async def test_migrations_produce_exactly_the_models(database_url: str) -> None:
         await db.migrate()
         async with db.engine.connect() as conn:
             differences = await conn.run_sync(
-                lambda sync_conn: compare_metadata(MigrationContext.configure(sync_conn), Base.metadata))
+                lambda sync_conn: compare_metadata(MigrationContext.configure(sync_conn, opts={
+                    "include_name": lambda name, kind, _parents: kind != "table" or not is_partition(name)}),
+                    Base.metadata))
         assert differences == []
         await db.migrate()  # a second start on a migrated database is a no-op
     finally:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 from postbacks.v1 import (
     delivery_log_pb2,
@@ -23,6 +23,7 @@ from postbacks.v1 import postback_config_service_pb2 as config_pb
 from server.app import App
 from server.core.types import AttemptStatus, EventType
 from server.services import delivery_logs
+from server.store import log_partitions
 from server.store.models import DeliveryLog, PostbackConfig
 from tests.conftest import running_app, wait_until
 from tests.conftest import test_settings as settings_for
@@ -37,6 +38,7 @@ STATUS_NAMES = {AttemptStatus.SUCCESS: SUCCESS, AttemptStatus.FAILED: FAILED, At
 TYPE_NAMES = {EventType.GAME_LAUNCH: GAME_LAUNCH, EventType.PURCHASE: PURCHASE}
 HOUR = 3600
 DAY = 24 * HOUR
+DAY_US = DAY * 1_000_000
 # Read deadline for one stream message: a hang fails the test instead of blocking the run.
 READ_DEADLINE_S = 15
 
@@ -524,21 +526,120 @@ async def test_an_old_hole_does_not_hold_back_a_stream_that_starts_later(tmp_pat
         call.cancel()
 
 
-async def test_expired_entries_are_purged_in_chunks_and_never_listed(app, channel) -> None:  # type: ignore[no-untyped-def]
+async def placement(app: App) -> dict[int, str]:
+    """On PostgreSQL, which partition holds each delivery-log row, by id."""
+    async with app.db.snapshot() as session:
+        return dict((await session.execute(text("SELECT id, tableoid::regclass::text FROM delivery_logs"))).all())
+
+
+async def day_partitions(app: App) -> set[str]:
+    async with app.db.snapshot() as session:
+        return set((await session.scalars(text(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'delivery_logs'::regclass AND c.relname <> 'delivery_logs_default'"))).all())
+
+
+async def test_expired_days_are_purged_and_nothing_else(app, channel) -> None:  # type: ignore[no-untyped-def]
+    """SQLite deletes each expired row, in chunks; PostgreSQL drops each day wholly past retention and keeps the day
+    the cutoff falls in (its expired rows hidden) until all of it has expired."""
     config = await make_config(app, channel, "g", "tt")
     configs = {"tt": config}
-    old = await write_logs(app, [row(config, 31 * DAY - i) for i in range(5)], configs)
-    recent = await write_logs(app, [row(config, 29 * DAY), row(config, 60)], configs)
+    now_us = int(time.time() * 1_000_000)
+    await log_partitions.ensure_delivery_log_partitions(app.db, now_us - 45 * DAY_US, now_us + 2 * DAY_US)
+    expired_days = await write_logs(app, [row(config, 40 * DAY), *(row(config, 31 * DAY - i) for i in range(5))],
+                                    configs)
+    cutoff_day_start = log_partitions.day_start_us(now_us - 30 * DAY_US)
+    [cutoff_day] = await write_logs(app, [row(config, (now_us - cutoff_day_start) / 1e6)], configs)
+    kept = await write_logs(app, [row(config, 29 * DAY), row(config, 60), row(config, -DAY)], configs)
     listed = await list_all(channel, 100, parent="games/g")
-    assert [e.name for page in listed for e in page.delivery_logs] == [w.name for w in reversed(recent)]
+    assert [e.name for page in listed for e in page.delivery_logs] == [w.name for w in reversed(kept)]
 
-    assert await delivery_logs.purge_expired_logs(app.ctx, chunk_rows=2) == len(old)
-    async with app.db.transaction() as session:
+    writes = 0
+    write = app.db.write
+
+    async def counted_write(work, **options):  # type: ignore[no-untyped-def]
+        nonlocal writes
+        writes += 1
+        return await write(work, **options)
+
+    app.db.write = counted_write  # type: ignore[method-assign]
+    purged = await delivery_logs.purge_expired_logs(app.ctx, chunk_rows=2)
+    async with app.db.snapshot() as session:
         remaining = (await session.scalars(select(DeliveryLog.id).order_by(DeliveryLog.id))).all()
-    assert remaining == [w.id for w in recent]
+    if app.db.is_sqlite:
+        assert purged == delivery_logs.Purged(rows=len(expired_days) + 1)
+        assert writes == 4, "each chunk of 2 rows is a transaction of its own"
+        assert remaining == [w.id for w in kept]
+    else:
+        expired_partitions = {log_partitions.partition_name(day_us) for day_us in range(
+            log_partitions.day_start_us(now_us - 45 * DAY_US), cutoff_day_start, DAY_US)}
+        assert {log_partitions.partition_name(log_partitions.day_start_us(w.attempt_time_us))
+                for w in expired_days} <= expired_partitions
+        assert purged == delivery_logs.Purged(rows=0, partitions=tuple(sorted(expired_partitions)))
+        assert remaining == [cutoff_day.id, *(w.id for w in kept)]
+        assert not expired_partitions & await day_partitions(app)
+        where = await placement(app)
+        assert {where[w.id] for w in [cutoff_day, *kept]} == {
+            log_partitions.partition_name(log_partitions.day_start_us(w.attempt_time_us)) for w in [cutoff_day, *kept]}
+    listed = await list_all(channel, 100, parent="games/g")
+    assert [e.name for page in listed for e in page.delivery_logs] == [w.name for w in reversed(kept)]
 
 
-async def test_the_app_purges_periodically_but_keeps_the_newest_row(tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+async def test_rows_of_a_day_without_a_partition_are_kept_and_moved_into_one(tmp_path, postgresql_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+    """The default partition catches them at once; the next maintenance gives their day a partition of its own."""
+    settings = settings_for(tmp_path, postgresql_url, fake_network, log_purge_interval_s=0.05)
+    async with running_app(settings) as app, authorized_channel(app) as channel:
+        config = await make_config(app, channel, "g", "tt")
+        written = await write_logs(app, [row(config, 10 * DAY), row(config, 10 * DAY - 1), row(config, -9 * DAY)],
+                                   {"tt": config})
+        days = {log_partitions.partition_name(log_partitions.day_start_us(w.attempt_time_us)) for w in written}
+
+        async def moved() -> bool:
+            where = await placement(app)
+            return all(where[w.id] == log_partitions.partition_name(log_partitions.day_start_us(w.attempt_time_us))
+                       for w in written)
+
+        await wait_until(moved)
+        assert days <= await day_partitions(app)
+        listed = await list_all(channel, 1, parent="games/g")
+        assert [e.name for page in listed for e in page.delivery_logs] == [w.name for w in reversed(written)]
+
+
+async def test_listing_and_streaming_page_and_resume_across_a_day_boundary(app, channel) -> None:  # type: ignore[no-untyped-def]
+    config = await make_config(app, channel, "g", "tt")
+    configs = {"tt": config}
+    now_us = int(time.time() * 1_000_000)
+    midnight_us = log_partitions.day_start_us(now_us)
+    await log_partitions.ensure_delivery_log_partitions(app.db, midnight_us - DAY_US, midnight_us + 2 * DAY_US)
+    # Seconds after midnight: three rows of yesterday's partition, then three of today's.
+    offsets_s = [-3, -2, -1, 1, 2, 3]
+    written = await write_logs(app, [row(config, (now_us - midnight_us) / 1e6 - offset) for offset in offsets_s],
+                               configs)
+    if not app.db.is_sqlite:
+        where = await placement(app)
+        assert {where[w.id] for w in written} == {log_partitions.partition_name(midnight_us - DAY_US),
+                                                  log_partitions.partition_name(midnight_us)}
+
+    listed = await list_all(channel, 2, parent="games/g")
+    assert [e.name for page in listed for e in page.delivery_logs] == [w.name for w in reversed(written)]
+
+    first = stub(channel).StreamDeliveryLogs(pb.StreamDeliveryLogsRequest(
+        parent="games/g", start_time=ts(at=(midnight_us - DAY_US) / 1e6)))
+    head = await read_entries(first, 3)
+    first.cancel()
+    assert [m.delivery_log.name for m in head] == [w.name for w in written[:3]]
+    resumed = stub(channel).StreamDeliveryLogs(pb.StreamDeliveryLogsRequest(
+        parent="games/g", resume_token=head[-1].resume_token))
+    rest, _ = await read_until_heartbeat(resumed)
+    assert [m.delivery_log.name for m in rest] == [w.name for w in written[3:]]
+    [tomorrow] = await write_logs(app, [row(config, (now_us - midnight_us - DAY_US) / 1e6 - 1)], configs)
+    assert [m.delivery_log.name for m in await read_entries(resumed, 1)] == [tomorrow.name]
+    resumed.cancel()
+    if not app.db.is_sqlite:
+        assert (await placement(app))[tomorrow.id] == log_partitions.partition_name(midnight_us + DAY_US)
+
+
+async def test_the_app_purges_periodically(tmp_path, database_url, fake_network) -> None:  # type: ignore[no-untyped-def]
     settings = settings_for(tmp_path, database_url, fake_network, log_purge_interval_s=0.05)
     async with running_app(settings) as app, authorized_channel(app) as channel:
         config = await make_config(app, channel, "g", "tt")
@@ -548,10 +649,12 @@ async def test_the_app_purges_periodically_but_keeps_the_newest_row(tmp_path, da
             async with app.db.transaction() as session:
                 return await session.scalar(select(func.count()).select_from(DeliveryLog)) or 0
 
-        await wait_until(lambda: count_is(count, 1))
+        # SQLite keeps the newest row so it never hands its id out again (expired, so never listed); PostgreSQL's
+        # ids come from a sequence, and the day goes whole.
+        await wait_until(lambda: count_is(count, 1 if app.db.is_sqlite else 0))
         async with app.db.transaction() as session:
-            # Kept so SQLite never hands its id out again; expired, so never listed.
-            assert (await session.scalars(select(DeliveryLog.id))).all() == [written[-1].id]
+            assert (await session.scalars(select(DeliveryLog.id))).all() == (
+                [written[-1].id] if app.db.is_sqlite else [])
         listed = await stub(channel).ListDeliveryLogs(pb.ListDeliveryLogsRequest(parent="games/g"))
         assert list(listed.delivery_logs) == []
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from server.core import page_tokens
 from server.core.types import AttemptStatus, EventType
@@ -14,6 +15,7 @@ from server.delivery.notifier import Notifier
 from server.errors import InvalidArgument, NotFound
 from server.services.context import ServiceContext
 from server.services.log_tail import READ_ROWS, LogFilter, LogRecord, LogTail, record_from_row
+from server.store import log_partitions
 from server.store.models import DeliveryLog, PostbackConfig
 
 log = logging.getLogger("postbacks.delivery_logs")
@@ -24,7 +26,7 @@ DAY_US = 86_400_000_000
 # A row is written right after its attempt (at most an HTTP timeout later), so a stream that starts at a time
 # finds its first row among those attempted up to this much earlier.
 RECORDING_DELAY_BOUND_US = 3_600_000_000
-PURGE_CHUNK_ROWS = 5000
+PURGE_CHUNK_ROWS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,30 +164,50 @@ async def stream_delivery_logs(ctx: ServiceContext, tail: LogTail, selection: Lo
             await Notifier.wait(changed, heartbeat_s - idle_s)
 
 
-async def purge_expired_logs(ctx: ServiceContext, chunk_rows: int = PURGE_CHUNK_ROWS) -> int:
-    """Deletes expired entries, one bounded transaction per chunk so writers never wait long; returns how many."""
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What a purge removed: rows deleted one by one (SQLite; on PostgreSQL, strays in the default partition) and
+    PostgreSQL's day partitions dropped whole."""
+
+    rows: int
+    partitions: tuple[str, ...] = ()
+
+
+async def purge_expired_logs(ctx: ServiceContext, chunk_rows: int = PURGE_CHUNK_ROWS) -> Purged:
+    """Removes expired entries. On PostgreSQL: drops each day partition wholly past retention, one statement
+    each, then makes the coming days' partitions. On SQLite: deletes them in chunks, each its own short write
+    transaction, so the service's other writers take their turns in between."""
     cutoff = retention_cutoff_us(ctx)
+    if not ctx.db.is_sqlite:
+        dropped = await log_partitions.drop_expired_partitions(ctx.db, cutoff, chunk_rows)
+        await log_partitions.ensure_upcoming_partitions(ctx.db, ctx.clock())
+        return Purged(dropped.default_rows, dropped.partitions)
+
+    def delete_chunk(session: Session) -> int:
+        # The newest row always stays: SQLite would otherwise reuse its id for the next row, and a stream's cursor
+        # past that id would skip it. The listing hides it like every expired row.
+        newest = select(func.max(DeliveryLog.id)).scalar_subquery()
+        chunk = (select(DeliveryLog.id).where(DeliveryLog.attempt_time_us < cutoff, DeliveryLog.id < newest)
+                 .order_by(DeliveryLog.id).limit(chunk_rows))
+        return session.execute(delete(DeliveryLog).where(DeliveryLog.id.in_(chunk))).rowcount or 0
+
     purged = 0
     while True:
-        async with ctx.db.transaction() as session:
-            # The newest row always stays: SQLite would otherwise reuse its id for the next row, and a stream's
-            # cursor past that id would skip it. The listing hides it like every expired row.
-            newest = select(func.max(DeliveryLog.id)).scalar_subquery()
-            chunk = (select(DeliveryLog.id).where(DeliveryLog.attempt_time_us < cutoff, DeliveryLog.id < newest)
-                     .order_by(DeliveryLog.id).limit(chunk_rows))
-            deleted = (await session.execute(delete(DeliveryLog).where(DeliveryLog.id.in_(chunk)))).rowcount or 0
+        deleted = await ctx.db.write(delete_chunk)
         purged += deleted
         if deleted < chunk_rows:
-            return purged
+            return Purged(purged)
 
 
 async def purge_expired_logs_periodically(ctx: ServiceContext, interval_s: float) -> None:
-    """Runs until cancelled; a failed purge is logged and tried again at the next interval."""
+    """Runs until cancelled, first at once (which on PostgreSQL also makes sure today's partition exists); a failed
+    purge is logged and tried again at the next interval."""
     while True:
         try:
             purged = await purge_expired_logs(ctx)
-            if purged:
-                log.info("purged %d delivery-log entries older than %d days", purged, ctx.settings.log_retention_days)
+            if purged.rows or purged.partitions:
+                log.info("purged delivery-log entries older than %d days: %d rows, day partitions %s",
+                         ctx.settings.log_retention_days, purged.rows, ", ".join(purged.partitions) or "none")
         except Exception:
             log.exception("purging expired delivery-log entries failed")
         await asyncio.sleep(interval_s)

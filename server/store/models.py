@@ -190,7 +190,12 @@ class RenderedPostback(Base):
 
 
 class DeliveryLog(Base):
-    """One immutable row per HTTP attempt per conversion. No personal data: ids and the network's answer only."""
+    """One immutable row per HTTP attempt per conversion. No personal data: ids and the network's answer only.
+
+    On PostgreSQL the table is partitioned by UTC day of attempt_time_us (migration 0006, server.store.log_partitions)
+    and its primary key is (id, attempt_time_us), as a partitioned table's keys must hold the partition key; SQLite
+    keeps one plain table keyed by id, its rowid. Either way ids are unique by themselves, so id is the mapped key.
+    Schemas come from the migrations only (Database.migrate), never from create_all."""
 
     __tablename__ = "delivery_logs"
     __table_args__ = (
