@@ -69,14 +69,23 @@ async def _replicas(count: int, data_dir: pathlib.Path, url: str, fake: Counting
         yield started
 
 
-async def _wal_lsn(url: str) -> int:
-    """The server's WAL position in bytes: the whole PostgreSQL server's, other databases' writes included."""
+async def _fetch_int(url: str, query: str) -> int:
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     connection = await asyncpg.connect(dsn)
     try:
-        return int(await connection.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+        return int(await connection.fetchval(query))
     finally:
         await connection.close()
+
+
+async def _wal_lsn(url: str) -> int:
+    """The server's WAL position in bytes: the whole PostgreSQL server's, other databases' writes included."""
+    return await _fetch_int(url, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+
+
+async def _database_bytes(url: str) -> int:
+    """What the database takes on disk: tables, indexes and their free space."""
+    return await _fetch_int(url, "SELECT pg_database_size(current_database())")
 
 
 class Window:
@@ -144,10 +153,12 @@ async def _batch_run(opts: "benchmarks.Options", count: int, run: int, streams: 
                 "replicas", "--port", str(replicas.apis[client % count].port), "--key", replicas.apis[0].key,
                 "--batches", str(files[client]), "--concurrency", str(per_client), "--start-at", str(start_at),
                 "--max-seconds", str(opts.scale(60, 15))) for client in range(CLIENTS)))
+            size_before = await _database_bytes(url)
             await asyncio.sleep(max(0.0, start_at - 0.1 - time.monotonic()))
             async with Window(replicas, url) as window:
                 reports = await clients
             arrived_during_load = len(fake.arrivals)
+            size = await _database_bytes(url) - size_before
         _, deliveries = await benchmarks._count(url)
     sent = [report for report, _ in reports]
     expected = sum(sum(streams[client * per_client + caller].owed_per_batch[:calls])
@@ -159,6 +170,7 @@ async def _batch_run(opts: "benchmarks.Options", count: int, run: int, streams: 
     return {"processes": count, "per_second": round(events / seconds, 1), "events": events,
             "seconds": round(seconds, 2), "errors": sum(r["errors"] for r in sent),
             "postbacks_arrived_during_load": arrived_during_load,
+            "database_bytes_per_event": round(size / max(1, events)),
             "cpu_per_event_us": window.per_unit_us(events, sum(r["cpu_s"] for r in sent)),
             "machine": window.machine(), "servers": [opts.shown(p.command, p.key) for p in replicas.processes.values()],
             "client": opts.shown(reports[0][1], replicas.apis[0].key)}
@@ -242,6 +254,8 @@ def _result(opts: "benchmarks.Options", name: str, runs: list[dict[str, Any]], u
                    for where in ("api_processes", "dispatcher_processes", "postgresql", "client", "total",
                                  "rest_of_machine")},
                 f"wal_bytes_whole_server_per_{per}": [r[cpu]["wal_bytes_whole_server"] for r in rs],
+                **({f"database_bytes_per_{per}": [r[f"database_bytes_per_{per}"] for r in rs]}
+                   if f"database_bytes_per_{per}" in rs[0] else {}),
                 "load_average_1m": [r["machine"]["load_average_1m_at_start"] for r in rs]}
 
     return benchmarks.Result(
