@@ -1,5 +1,4 @@
-"""Two API and two dispatcher processes against one of each on the same PostgreSQL: batch ingest and delivery from
-a backlog, each with the CPU per event or postback of PostgreSQL's backends, every server process and the client."""
+"""Two API and two dispatcher processes against one of each on one PostgreSQL, and where their CPU time goes."""
 
 import argparse
 import asyncio
