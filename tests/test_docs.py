@@ -24,7 +24,7 @@ from tests.process_helpers import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-DOC_PAGES = ("api", "operations", "security", "networks", "design", "performance")
+DOC_PAGES = ("api", "operations", "security", "networks", "design", "performance", "scaling")
 BIN = pathlib.Path(sys.executable).parent
 # The fixed ports the pages use (the walkthrough's server's gRPC and HTTP, the fake networks, metrics, a TLS server),
 # each replaced by a free one so that the suite, other checkouts and a `make run` on the same machine never collide.
