@@ -3,7 +3,7 @@
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -428,16 +428,28 @@ def _load_batch(session: Session, target: Target, leased: Sequence[Row[Any]], no
 
 def render_pending(session: Session, event_row_ids: Sequence[int]) -> None:
     """Renders the pending postbacks of these conversions for their networks, once, as the dispatcher will send
-    them (see RenderedPostback); those a network would refuse whatever happens are left for it to fail."""
-    rows = []
-    for delivery_id, network, *columns in session.connection().execute(
-            _PENDING_POSTBACKS_OF, {"event_row_ids": event_row_ids}).all():
-        event = postback_event(*columns)
-        body = render_sendable(_NETWORKS[network], event)
-        if body is not None:
-            rows.append(_rendering(delivery_id, event, body))
+    them (see RenderedPostback), reading the conversions and their clicks back; those a network would refuse
+    whatever happens are left for it to fail."""
+    render_postbacks(session, [
+        (delivery_id, _NETWORKS[network], postback_event(*columns))
+        for delivery_id, network, *columns in session.connection().execute(
+            _PENDING_POSTBACKS_OF, {"event_row_ids": event_row_ids}).all()])
+
+
+def render_postbacks(session: Session, postbacks: Iterable[tuple[int, Network, PostbackEvent]]) -> None:
+    """Renders these pending postbacks (delivery id, network, event as postback_event builds it) as the dispatcher
+    will send them; ingest builds the events from the rows it has just written instead of reading them back."""
+    rows = [(delivery_id, *rendering) for delivery_id, network, event in postbacks
+            if (rendering := render_postback(network, event)) is not None]
     if rows:
         insert_rows(session, RenderedPostback.__table__, _RENDERED_COLUMNS, rows)
+
+
+def render_postback(network: Network, event: PostbackEvent) -> tuple[str, str, int, bytes] | None:
+    """A RenderedPostback row's values after its delivery id; None for one the network would refuse whatever
+    happens (left for the dispatcher to fail)."""
+    body = render_sendable(network, event)
+    return None if body is None else (event.dedup_id, event.event_type.value, event.event_time_us, body)
 
 
 def _rendering(delivery_id: int, event: PostbackEvent, body: bytes) -> tuple[int, str, str, int, bytes]:

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from sqlalchemy import and_, bindparam, exists, or_, select
+from sqlalchemy import Table, and_, bindparam, exists, or_, select
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -16,6 +17,7 @@ from server.core.attribution import Click, Config, Conversion, Decision, Player
 from server.core.circuit import CircuitCause, describe_hold
 from server.core.erasure import subject_digests
 from server.core.events import EventKind, NewEvent
+from server.core.postback import PostbackEvent
 from server.core.types import DeliveryState, EventType, Network, NoPostbackReason
 from server.services.context import ServiceContext
 from server.services.conversions import (
@@ -27,9 +29,9 @@ from server.services.conversions import (
     PostbackView,
     conversion_views,
 )
-from server.services.deliveries import render_pending
+from server.services.deliveries import postback_event, render_pending, render_postback, render_postbacks
 from server.services.player_locks import LOCK_TABLE_FULL, LocksNeeded, PlayerLocks, identity_keys
-from server.store.models import Delivery, Erasure, Event, Game, IdentityLink, PostbackConfig
+from server.store.models import Delivery, Erasure, Event, Game, IdentityLink, PostbackConfig, RenderedPostback
 from server.store.queries import game_rows_in_parameters, in_parameter, insert_rows, insert_rows_returning
 
 _AWAITING_LATE_DATA = tuple(reason.value for reason in attribution.AWAITING_LATE_DATA)
@@ -262,6 +264,8 @@ class _History:
     clicks_by_identity: dict[str, list[Click]] = field(default_factory=dict)  # "u:"/"a:"/"e:" + identity
     launched: set[str] = field(default_factory=set)  # "u:"/"a:" + identity
     erased: set[str] = field(default_factory=set)
+    # What a postback takes from each click besides attribution's Click: (ip address, user agent, landing url).
+    click_details: dict[str, tuple[str | None, str | None, str | None]] = field(default_factory=dict)
     # What was read from the database: every link of these users and these anonymous ids, and every click of these
     # users, anonymous ids and emails (see covers()).
     read_users: set[str] = field(default_factory=set)
@@ -293,6 +297,7 @@ class _History:
             if event.network:
                 self.add_click(Click(event.event_id, event.network, event.click_id, event.event_time_us,
                                      event.user_id, event.anonymous_id, event.email_sha256))
+                self.click_details[event.event_id] = (event.ip_address, event.user_agent, event.landing_url)
         elif kind == EventKind.IDENTIFY:
             if event.user_id:
                 if event.anonymous_id:
@@ -386,11 +391,13 @@ def _load_history(session: Session, locks: PlayerLocks | None, game_id: str, use
         rows = session.execute(_CLICKS_AND_LAUNCHES if with_launches else _CLICKS, parameters).all()
     else:
         rows = session.execute(_HISTORY_AND_AWAITING, {**parameters, "since": awaiting_since}).all()
-    launched = history.launched
-    for event_id, kind, network, click_id, event_time_us, user_id, anonymous_id, email_sha256, *awaiting in rows:
+    launched, click_details = history.launched, history.click_details
+    for (event_id, kind, network, click_id, event_time_us, user_id, anonymous_id, email_sha256, ip_address,
+         user_agent, landing_url, *awaiting) in rows:
         if kind == _AD_CLICK:
             history.add_click(Click(event_id, _NETWORKS[network], click_id, event_time_us, user_id, anonymous_id,
                                     email_sha256))
+            click_details[event_id] = (ip_address, user_agent, landing_url)
             continue
         if kind == _GAME_LAUNCH and (user_id in users or anonymous_id in anons):
             launched.update(_identity_keys(user_id, anonymous_id, None))
@@ -461,6 +468,7 @@ def _store_and_attribute(ctx: ServiceContext, session: Session, locks: PlayerLoc
     rows: list[tuple[object, ...]] = []
     stored = _Stored()
     owed: dict[str, tuple[str, ...]] = {}
+    postbacks: dict[str, PostbackEvent | None] = {}  # what the owed ones send (None: read back to render)
     awaiting: list[_Awaiting] = []  # this batch's conversions awaiting late data
     undecided = (None, None, None, None)
     for event, fingerprint in zip(events, fingerprints, strict=True):
@@ -477,6 +485,7 @@ def _store_and_attribute(ctx: ServiceContext, session: Session, locks: PlayerLoc
                                                      now_us)
             if decision.owed_config_ids:
                 owed[event.event_id] = decision.owed_config_ids
+                postbacks[event.event_id] = _postback_of(event, email, email_reddit, decision, history)
             elif late_data and decision.reason in attribution.AWAITING_LATE_DATA:
                 awaiting.append(_Awaiting(None, event.event_id, event.kind.value, event.event_time_us, now_us,
                                           event.user_id, event.anonymous_id, email, email_reddit,
@@ -522,10 +531,71 @@ def _store_and_attribute(ctx: ServiceContext, session: Session, locks: PlayerLoc
                 {column: bindparam(column) for column in updates[0] if column != "row_id"}),
             updates)
     if deliveries:
-        insert_rows(session, Delivery.__table__, _DELIVERY_COLUMNS, deliveries)
-        render_pending(session, sorted({event_row_id for _, event_row_id, *_ in deliveries}))
+        _render_owed(ctx, session, deliveries, {row_ids[e]: postbacks.get(e) for e in owed},
+                     {row_id: configs_by_id[config_id].network for config_id, row_id in config_row_ids.items()})
     stored.owed = len(deliveries)
     return stored
+
+
+def _postback_of(event: NewEvent, email: str | None, email_reddit: str | None, decision: Decision,
+                 history: _History) -> PostbackEvent | None:
+    """The postback a new conversion owes, as postback_event builds it from the stored rows: its own match keys, and
+    its click's where it has none. None when the click's details are not at hand."""
+    click = decision.click
+    click_id = ip_address = user_agent = landing_url = None
+    if click is not None:
+        if (details := history.click_details.get(click.key)) is None:
+            return None
+        click_id, (ip_address, user_agent, landing_url) = click.click_id, details
+    return postback_event(event.event_id, event.kind.value, event.event_time_us, event.user_id, email, email_reddit,
+                          event.ip_address, event.user_agent, event.value_micros, event.currency, click_id,
+                          ip_address, user_agent, landing_url)
+
+
+def _render_owed(ctx: ServiceContext, session: Session, deliveries: list[tuple[object, ...]],
+                 postbacks: dict[int, PostbackEvent | None], networks: dict[int, Network]) -> None:
+    """Inserts the pending deliveries and renders their postbacks: those of the new conversions from what this
+    transaction wrote, the rest (re-decided here, or whose click's details were not read) by reading them back."""
+    at_hand = {row_id: postback for row_id, postback in postbacks.items() if postback is not None}
+    if ctx.db.is_sqlite:
+        insert_rows(session, Delivery.__table__, _DELIVERY_COLUMNS, deliveries)
+        ids = session.connection().execute(_DELIVERY_IDS, {"event_row_ids": list(at_hand)}).all() if at_hand else []
+        render_postbacks(session, [(delivery_id, networks[config_row_id], at_hand[event_row_id])
+                                   for delivery_id, event_row_id, config_row_id in ids if event_row_id in at_hand])
+    else:
+        # One round trip for both: the renderings need only the deliveries' ids, which the insert hands on.
+        rendered = [(event_row_id, config_row_id, *rendering)
+                    for _, event_row_id, config_row_id, *_ in deliveries if event_row_id in at_hand
+                    and (rendering := render_postback(networks[config_row_id], at_hand[event_row_id])) is not None]
+        rendered_arrays = [list(column) for column in zip(*rendered, strict=True)] if rendered else [[]] * 6
+        connection = session.connection()
+        connection.exec_driver_sql(_insert_rendered_deliveries(connection.dialect), (
+            *(list(column) for column in zip(*deliveries, strict=True)), *rendered_arrays))
+    if read_back := sorted({event_row_id for _, event_row_id, *_ in deliveries} - at_hand.keys()):
+        render_pending(session, read_back)
+
+
+@functools.cache
+def _insert_rendered_deliveries(dialect: Dialect) -> str:
+    """PostgreSQL: inserts deliveries (_DELIVERY_COLUMNS' arrays) and their postbacks' renderings (arrays of event
+    row id, config row id, then _RENDERED_COLUMNS after the delivery id) in one statement."""
+    deliveries, rendered = Delivery.__table__, RenderedPostback.__table__
+
+    def arrays(table: Table, columns: Sequence[str], first: int) -> str:
+        return ", ".join(f"${n}::{table.c[name].type.compile(dialect=dialect)}[]"
+                         for n, name in enumerate(columns, first))
+
+    rendered_columns = ("dedup_id", "event_type", "event_time_us", "body")
+    keys = len(_DELIVERY_COLUMNS) + 1
+    return (f"WITH delivery AS (INSERT INTO deliveries ({', '.join(_DELIVERY_COLUMNS)}) "
+            f"SELECT * FROM unnest({arrays(deliveries, _DELIVERY_COLUMNS, 1)}) "
+            f"RETURNING id, event_row_id, config_row_id) "
+            f"INSERT INTO rendered_postbacks (delivery_id, {', '.join(rendered_columns)}) "
+            f"SELECT delivery.id, {', '.join('r.' + c for c in rendered_columns)} FROM delivery "
+            f"JOIN unnest({arrays(deliveries, ('event_row_id', 'config_row_id'), keys)}, "
+            f"{arrays(rendered, rendered_columns, keys + 2)}) "
+            f"AS r(event_row_id, config_row_id, {', '.join(rendered_columns)}) "
+            f"USING (event_row_id, config_row_id)")
 
 
 def _reevaluate_recent(session: Session, locks: PlayerLocks | None, game_id: str, events: list[NewEvent],
@@ -607,6 +677,9 @@ _NETWORKS = {network.value: network for network in Network}
 _GAME_LAUNCH = EventKind.GAME_LAUNCH.value
 _EXISTING_FINGERPRINTS = select(_EVENTS.event_id, _EVENTS.payload_sha256).where(
     _EVENTS.game_id == bindparam("game"), in_parameter(_EVENTS.event_id, "event_ids"))
+_DELIVERIES = Delivery.__table__.c
+_DELIVERY_IDS = select(_DELIVERIES.id, _DELIVERIES.event_row_id, _DELIVERIES.config_row_id).where(
+    in_parameter(_DELIVERIES.event_row_id, "event_row_ids"))
 _ROW_IDS = select(_EVENTS.event_id, _EVENTS.id).where(
     _EVENTS.game_id == bindparam("game"), in_parameter(_EVENTS.event_id, "event_ids"))
 # One row per live config (one with NULL config columns when there is none), each carrying the game's lookback and
@@ -628,8 +701,11 @@ _LINKS = select(
 _PLAYER_EVENTS = game_rows_in_parameters(_EVENTS.game_id, "game", (_EVENTS.user_id, "users"),
                                          (_EVENTS.anonymous_id, "anons"), (_EVENTS.email_sha256, "emails"))
 _PAID_CLICK = and_(_EVENTS.kind == _AD_CLICK, _EVENTS.network.is_not(None))
+# With what a postback carries of its click (ip address, user agent, landing url), so that ingest renders the
+# postbacks it owes without reading its conversions and their clicks back.
 _CLICK_COLUMNS = (_EVENTS.event_id, _EVENTS.kind, _EVENTS.network, _EVENTS.click_id, _EVENTS.event_time_us, _EVENTS.user_id,
-                  _EVENTS.anonymous_id, _EVENTS.email_sha256)
+                  _EVENTS.anonymous_id, _EVENTS.email_sha256, _EVENTS.ip_address, _EVENTS.user_agent,
+                  _EVENTS.landing_url)
 _CLICKS = select(*_CLICK_COLUMNS).where(_PLAYER_EVENTS, _PAID_CLICK)
 _CLICKS_AND_LAUNCHES = select(*_CLICK_COLUMNS).where(_PLAYER_EVENTS, or_(_PAID_CLICK, _EVENTS.kind == _GAME_LAUNCH))
 _AWAITING_CONVERSION = and_(_EVENTS.kind.in_(CONVERSION_KINDS), _EVENTS.no_postback_reason.in_(_AWAITING_LATE_DATA),
