@@ -276,7 +276,7 @@ async def test_reddit_retries_stop_before_the_event_is_too_old(tmp_path, databas
 
 
 async def test_tiktok_retries_stop_at_the_horizon_after_the_first_attempt(tmp_path, database_url, fake_network) -> None:
-    settings = settings_for(tmp_path, database_url, fake_network, retry_tiktok_horizon_s=0.5)
+    settings = settings_for(tmp_path, database_url, fake_network, retry_tiktok_horizon_s=2.0)
     async with serving(settings) as (app, channel):
         await h.create_config(channel, "g1", network=TIKTOK)
         fake_network.set_default("tiktok", Reply.http(503))
