@@ -533,6 +533,7 @@ async def release_leases(ctx: ServiceContext, owner_id: str, delivery_ids: Seque
         update(Delivery).where(in_values(Delivery.id, delivery_ids), Delivery.lease_owner == owner_id)
         .values(**_clear_lease()).execution_options(synchronize_session=False)
     ))
+    ctx.outbox_changed()  # due again now, for the dispatchers of other processes
 
 
 def describe(c: Classification) -> str:
