@@ -417,9 +417,10 @@ async def deliver(opts: Options) -> Result:
                                              **opts.instrument("deliver"))
         async with dispatcher:
             await profiler.start(dispatcher.pid)
-            cpu_before = dispatcher.cpu_seconds()
+            cpu_before, db_cpu_before = dispatcher.cpu_seconds(), database_cpu_seconds(url)
             delivered = await fake.wait_for_postbacks(postbacks, timeout_s=opts.scale(900, 120))
             dispatcher_cpu = dispatcher.cpu_seconds() - cpu_before
+            db_cpu = database_cpu_seconds(url) - db_cpu_before
             profile = await profiler.finish()
         if not delivered:
             raise RuntimeError(f"only {len(fake.arrivals)} of {postbacks} postbacks arrived; see {dispatcher.log_path}")
@@ -452,6 +453,7 @@ async def deliver(opts: Options) -> Result:
             "seconds": round(seconds, 3), "ceiling_seconds": round(ceiling_seconds, 3),
             "network_requests": dispatcher_requests, "repeated_dedup_ids": dispatcher_repeats,
             "dispatcher_cpu_per_postback_us": round(1e6 * dispatcher_cpu / postbacks, 1),
+            **({"database_cpu_per_postback_us": round(1e6 * db_cpu / postbacks, 1)} if db_cpu else {}),
             "timed_from": "the dispatcher printing that it serves, to the fake receiving the last dedup id",
         })
 
