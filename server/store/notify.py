@@ -2,10 +2,12 @@
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Callable
 
 import asyncpg
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import URL
 
 log = logging.getLogger("postbacks.notify")
@@ -31,7 +33,10 @@ class Notifications:
     woken once."""
 
     def __init__(self, url: URL) -> None:
-        self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # Connected as the engine connects (the same host, credentials and TLS options), less SQLAlchemy's own.
+        _, connect_args = PGDialect_asyncpg().create_connect_args(url)
+        accepted = inspect.signature(asyncpg.connect).parameters
+        self._connect_args = {name: value for name, value in connect_args.items() if name in accepted}
         self._listeners: dict[str, list[Callable[[], None]]] = {}
         self._pending: set[str] = set()
         self._to_send = asyncio.Event()
@@ -76,7 +81,7 @@ class Notifications:
         retry_s = RETRY_FIRST_S
         while True:
             try:
-                connection = await asyncpg.connect(self._dsn)
+                connection = await asyncpg.connect(**self._connect_args)
             except (OSError, asyncpg.PostgresError) as e:
                 log.warning("cannot open the LISTEN connection (%s); polling meanwhile, trying again in %.1fs",
                             e, retry_s)
