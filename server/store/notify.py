@@ -19,6 +19,10 @@ DELIVERY_LOGS = "delivery_logs"
 # Reconnecting after the connection is lost: the first wait, and the longest.
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 10.0
+# At most one announcement per channel this often: woken by every commit of an API process taking a thousand
+# conversions a second, a dispatcher process claimed a few postbacks at a time, and both processes' CPU per event
+# seemed to grow (docs/performance.md: the runs were noisy).
+ANNOUNCE_INTERVAL_S = 0.01
 # How often an idle connection is checked: a peer that vanished without closing the socket shows only on a write.
 CHECK_S = 30.0
 
@@ -120,6 +124,7 @@ class Notifications:
             if self._pending:
                 channels, self._pending = sorted(self._pending), set()
                 await connection.execute("".join(f"NOTIFY {channel};" for channel in channels))
+                await asyncio.sleep(ANNOUNCE_INTERVAL_S)  # a pace, not a synchronisation: see ANNOUNCE_INTERVAL_S
                 continue
             lost_wait = asyncio.ensure_future(lost.wait())
             send_wait = asyncio.ensure_future(self._to_send.wait())
