@@ -347,9 +347,9 @@ def _lease(ctx: ServiceContext, session: Session, owner_id: str, config_row_id: 
 
 
 def _lease_statement(*, skip_locked: bool, probe: bool = False, read_rendered: bool = False):  # type: ignore[no-untyped-def]
-    """The lease of a config's oldest due deliveries. On PostgreSQL the ids are picked as an array (an IN on a
-    subquery was planned as a hash join over the whole outbox: 34 ms of a 1,000-row lease with 100,000 pending),
-    and read_rendered adds each one's rendering, saving the batch's load a statement."""
+    """The lease of a config's oldest due deliveries. On PostgreSQL the ids are picked as an array: an IN on the
+    subquery was planned as a hash join over a scan of the whole outbox (docs/performance.md). read_rendered adds
+    each one's rendering, saving the batch's load a statement."""
     table, config = Delivery.__table__, PostbackConfig.__table__
     now_us = bindparam("now_us", type_=BigInteger)
     if probe:

@@ -19,9 +19,8 @@ DELIVERY_LOGS = "delivery_logs"
 # Reconnecting after the connection is lost: the first wait, and the longest.
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 10.0
-# At most one announcement per channel this often: woken by every commit of an API process taking a thousand
-# conversions a second, a dispatcher process claimed a few postbacks at a time, and both processes' CPU per event
-# seemed to grow (docs/performance.md: the runs were noisy).
+# At most one announcement per channel this often: a dispatcher process woken by each of a busy API process's
+# commits would claim a few postbacks at a time.
 ANNOUNCE_INTERVAL_S = 0.01
 # How often an idle connection is checked: a peer that vanished without closing the socket shows only on a write.
 CHECK_S = 30.0
