@@ -417,9 +417,10 @@ async def deliver(opts: Options) -> Result:
                                              **opts.instrument("deliver"))
         async with dispatcher:
             await profiler.start(dispatcher.pid)
-            cpu_before = dispatcher.cpu_seconds()
+            cpu_before, db_cpu_before = dispatcher.cpu_seconds(), database_cpu_seconds(url)
             delivered = await fake.wait_for_postbacks(postbacks, timeout_s=opts.scale(900, 120))
             dispatcher_cpu = dispatcher.cpu_seconds() - cpu_before
+            db_cpu = database_cpu_seconds(url) - db_cpu_before
             profile = await profiler.finish()
         if not delivered:
             raise RuntimeError(f"only {len(fake.arrivals)} of {postbacks} postbacks arrived; see {dispatcher.log_path}")
@@ -452,6 +453,7 @@ async def deliver(opts: Options) -> Result:
             "seconds": round(seconds, 3), "ceiling_seconds": round(ceiling_seconds, 3),
             "network_requests": dispatcher_requests, "repeated_dedup_ids": dispatcher_repeats,
             "dispatcher_cpu_per_postback_us": round(1e6 * dispatcher_cpu / postbacks, 1),
+            **({"database_cpu_per_postback_us": round(1e6 * db_cpu / postbacks, 1)} if db_cpu else {}),
             "timed_from": "the dispatcher printing that it serves, to the fake receiving the last dedup id",
         })
 
@@ -478,6 +480,7 @@ async def latency(opts: Options, deployment: str = "all") -> Result:
             await asyncio.sleep(1.0)  # let the dispatcher's first idle poll pass
             fake.reset()
             await profiler.start(server.api.pid)
+            dispatcher_cpu_before = server.dispatcher.cpu_seconds() if server.dispatcher else 0.0
             times, paced, client_command = await c_load.run_paced(
                 binary, server.api.port, UNARY_METHOD, body, workload.PLACEHOLDER, rate=rate, count=players,
                 times=times_file, headers=[f"authorization: Bearer {server.api.key}"])
@@ -485,6 +488,7 @@ async def latency(opts: Options, deployment: str = "all") -> Result:
                             for k, due, _, acked in times if acked]
             wanted = {event_id for event_id, _, _ in acknowledged}
             await fake.wait_for_postbacks(len(wanted), timeout_s=60)
+            dispatcher_cpu = server.dispatcher.cpu_seconds() - dispatcher_cpu_before if server.dispatcher else 0.0
             profile = await profiler.finish()
     missing = sorted(wanted - fake.arrivals.keys())
     failed = len(times) - len(acknowledged)
@@ -509,6 +513,8 @@ async def latency(opts: Options, deployment: str = "all") -> Result:
             "timed_from": "when each call was due (start + k / rate), not when it went out",
             "never_delivered": len(missing), "network_requests": fake.requests,
             "client_report": paced, "server": server.shown(opts), "client": opts.shown(client_command),
+            **({"dispatcher_cpu_per_conversion_us": round(1e6 * dispatcher_cpu / max(1, len(times)), 1)}
+               if server.dispatcher else {}),
         })
 
 

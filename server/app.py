@@ -43,6 +43,7 @@ from server.services.ingest import GroupCommitter
 from server.services.log_tail import LogTail
 from server.settings import Settings
 from server.store.db import Database
+from server.store.notify import DELIVERY_LOGS, POSTBACKS_DUE, Notifications
 from server.store.statistics import keep_statistics_fresh
 from server.web.connect import connect_applications
 from server.web.http_api import HttpApi, OriginList
@@ -84,14 +85,24 @@ class App:
             clock=clock,
         )
         self.health = health.aio.HealthServicer()
+        # On PostgreSQL, replicas announce their commits to each other; SQLite's data_version tells the same.
+        notifications = self.notifications = None if self.db.is_sqlite else Notifications(self.db.url)
         self.dispatcher: Dispatcher | None = None
         if settings.role in ("all", "dispatcher"):
-            self.dispatcher = Dispatcher(self.ctx, self.network_client, new_owner_id())
+            self.dispatcher = Dispatcher(self.ctx, self.network_client, new_owner_id(),
+                                         announced=(lambda: notifications.listening) if notifications else None)
             self.ctx.outbox_listeners.append(self.dispatcher.wake)
         # One reader of new delivery-log rows for every StreamDeliveryLogs call of this process.
         self.log_tail = LogTail(self.db, poll_s=settings.log_stream_poll_s, settle_s=settings.log_stream_settle_s,
                                 clock_us=clock)
         self.ctx.delivery_log_listeners.append(self.log_tail.wake)
+        if notifications is not None:
+            self.ctx.outbox_listeners.append(lambda: notifications.announce(POSTBACKS_DUE))
+            self.ctx.delivery_log_listeners.append(lambda: notifications.announce(DELIVERY_LOGS))
+            if self.dispatcher is not None:
+                notifications.listen(POSTBACKS_DUE, self.dispatcher.wake)
+            if settings.role != "dispatcher":  # a dispatcher serves no log streams
+                notifications.listen(DELIVERY_LOGS, self.log_tail.wake)
         self.ctx.metrics.open_log_streams.set_function(lambda: self.log_tail.followers)
         self.metrics_server: MetricsServer | None = None
         self.metrics_port: int | None = None
@@ -167,6 +178,8 @@ class App:
         self.server = server
         if self.http_server is not None:
             self.http_port = await self.http_server.start()
+        if self.notifications is not None:
+            self.notifications.start()
         self.log_tail.start()
         self._log_purge_task = asyncio.create_task(
             delivery_logs.purge_expired_logs_periodically(self.ctx, self.settings.log_purge_interval_s),
@@ -235,6 +248,8 @@ class App:
     async def _close_resources(self) -> None:
         """What a start that failed half-way had opened."""
         await self.network_client.close()
+        if self.notifications is not None:
+            await self.notifications.stop()
         await self.db.close()
 
     async def stop(self, grace_s: float | None = None) -> None:

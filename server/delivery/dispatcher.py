@@ -7,6 +7,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable
 
 from server.core.postback import Outcome
 from server.core.types import Network
@@ -75,8 +76,12 @@ class Dispatcher:
     its own slots and delays no other. Several batches of a config in flight let the next claim and render
     overlap the current send and its record, which is what a backlog or a steady stream needs."""
 
-    def __init__(self, ctx: ServiceContext, network_client: NetworkClient, owner_id: str) -> None:
+    def __init__(self, ctx: ServiceContext, network_client: NetworkClient, owner_id: str, *,
+                 announced: Callable[[], bool] | None = None) -> None:
         self._ctx = ctx
+        # Whether other processes' commits of due postbacks are announced to this one now (LISTEN on PostgreSQL):
+        # while they are, an idle dispatcher does not look for them.
+        self._announced = announced or (lambda: False)
         self._client = network_client
         self.owner_id = owner_id
         self._wake = asyncio.Event()
@@ -206,8 +211,9 @@ class Dispatcher:
         """Until woken in-process, the timeout passes, or another process (an API-only process beside this one)
         may have committed due postbacks. On SQLite that shows in the database's data_version, looked at every few
         milliseconds: a change ends the wait, and the claim that follows reads before it writes anything.
-        Otherwise an idle dispatcher makes one cheap read every dispatch_probe_s: claiming is a write, so it is not
-        what polls."""
+        On PostgreSQL the other processes announce such commits (LISTEN/NOTIFY, server/store/notify.py), which
+        wake it like an in-process commit; while that connection is down, an idle dispatcher makes one cheap read
+        every dispatch_probe_s instead: claiming is a write, so it is not what polls."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         probe_s = max(0.001, self._ctx.settings.dispatch_probe_s)
@@ -227,8 +233,8 @@ class Dispatcher:
                 self._woken_by_watch = True
                 return
             # Without a data_version, batches in flight wake the loop as they finish; looking meanwhile would walk
-            # a config's whole leased backlog on the index.
-            if not self._in_flight and not self._recording and loop.time() >= next_probe:
+            # a config's whole leased backlog on the index. Announced commits wake it too: then it does not look.
+            if not self._in_flight and not self._recording and loop.time() >= next_probe and not self._announced():
                 next_probe = loop.time() + probe_s
                 if await self._due_work_waits():
                     return

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    any_,
     bindparam,
     case,
     exists,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import Session
@@ -101,9 +103,11 @@ class Lease:
     """Due deliveries of one config, just leased to one dispatcher; their conversions are read by load_leased."""
 
     config_row_id: int
-    rows: tuple[Row[Any], ...]  # (id, attempt_count, first_attempt_time_us) of each delivery
+    rows: tuple[Row[Any], ...]  # (id, attempt_count, first_attempt_time_us) of each delivery, first
     # The one postback that tries an open circuit's config: its answer decides whether the circuit closes.
     probe: bool = False
+    # On PostgreSQL, the renderings (as _RENDERED gives them) read by the statement that took the lease.
+    rendered: dict[int, tuple[Any, ...]] | None = None
 
     @property
     def delivery_ids(self) -> list[int]:
@@ -284,7 +288,8 @@ def _load_batch_of(ctx: ServiceContext, session: Session, lease: Lease, now_us: 
     target = _target(ctx, config, len(lease.rows)) if config is not None else None
     if target is None:
         return None
-    batch = _load_batch(session, target, lease.rows, now_us, unsendable, held=lease.probe)
+    batch = _load_batch(session, target, lease.rows, now_us, unsendable, held=lease.probe,
+                        lease_rendered=lease.rendered)
     return batch if batch.deliveries else None
 
 
@@ -306,8 +311,12 @@ def _take_leases(ctx: ServiceContext, session: Session, owner_id: str, cancel: d
         # Oldest first (ids follow creation): the rows come back from UPDATE ... RETURNING in no set order.
         rows = sorted(_lease(ctx, session, owner_id, config_row_id, now_us, lease_until_us, batch_size * batches),
                       key=lambda row: row.id)
-        leased += [Lease(config_row_id, tuple(rows[start:start + batch_size]))
-                   for start in range(0, len(rows), batch_size)]
+        for start in range(0, len(rows), batch_size):
+            batch = tuple(rows[start:start + batch_size])
+            # PostgreSQL's lease statement also read their renderings: (id, attempt_count, first_attempt_time_us,
+            # then _RENDERED's columns after the id).
+            rendered = None if ctx.db.is_sqlite else {row[0]: row[:1] + row[3:] for row in batch if row[3] is not None}
+            leased.append(Lease(config_row_id, batch, rendered=rendered))
     connection = session.connection()
     for config_row_id, probe_time_us in probes.items():
         # Compare and set: on PostgreSQL a dispatcher claiming the same probe waits for this row, then finds the
@@ -332,12 +341,15 @@ def _lockable(ctx: ServiceContext, query):  # type: ignore[no-untyped-def]
 def _lease(ctx: ServiceContext, session: Session, owner_id: str, config_row_id: int, now_us: int,
            lease_until_us: int, batch_size: int) -> list[Row[Any]]:
     """Leases a config's oldest due deliveries: (id, attempt_count, first_attempt_time_us) of each."""
-    return list(session.connection().execute(_LEASE_ON_SQLITE if ctx.db.is_sqlite else _LEASE_SKIPPING_LOCKED, {
+    return list(session.connection().execute(_LEASE_ON_SQLITE if ctx.db.is_sqlite else _LEASE_READING_RENDERED, {
         "config": config_row_id, "now_us": now_us, "batch_size": batch_size, "owner": owner_id,
         "until_us": lease_until_us}).all())
 
 
-def _lease_statement(*, skip_locked: bool, probe: bool = False):  # type: ignore[no-untyped-def]
+def _lease_statement(*, skip_locked: bool, probe: bool = False, read_rendered: bool = False):  # type: ignore[no-untyped-def]
+    """The lease of a config's oldest due deliveries. On PostgreSQL the ids are picked as an array: an IN on the
+    subquery was planned as a hash join over a scan of the whole outbox (docs/performance.md). read_rendered adds
+    each one's rendering, saving the batch's load a statement."""
     table, config = Delivery.__table__, PostbackConfig.__table__
     now_us = bindparam("now_us", type_=BigInteger)
     if probe:
@@ -351,17 +363,23 @@ def _lease_statement(*, skip_locked: bool, probe: bool = False):  # type: ignore
             select(config.c.circuit_cause).where(config.c.id == bindparam("config")).scalar_subquery().is_(None),
         ).limit(bindparam("batch_size", type_=Integer))
     candidates = candidates.order_by(table.c.next_attempt_time_us, table.c.id)
+    picked = table.c.id.in_(candidates)
     if skip_locked:  # as _lockable does
-        candidates = candidates.with_for_update(skip_locked=True)
-    return table.update().where(table.c.id.in_(candidates)).values(
+        picked = table.c.id == any_(func.array(candidates.with_for_update(skip_locked=True).scalar_subquery()))
+    lease = table.update().where(picked).values(
         lease_owner=bindparam("owner"), lease_expire_time_us=bindparam("until_us")
     ).returning(table.c.id, table.c.attempt_count, table.c.first_attempt_time_us)
+    if not read_rendered:
+        return lease
+    leased, rendered = lease.cte("leased"), RenderedPostback.__table__
+    return select(leased, *(rendered.c[name] for name in ("dedup_id", "event_type", "event_time_us", "body"))).select_from(
+        leased.outerjoin(rendered, rendered.c.delivery_id == leased.c.id))
 
 
 # Built once, with every value a parameter, and run on the session's connection: building and caching such a
 # statement per claim, and the ORM's handling of its rows, cost the writer about as much as SQLite took to run it.
 _LEASE_ON_SQLITE = _lease_statement(skip_locked=False)
-_LEASE_SKIPPING_LOCKED = _lease_statement(skip_locked=True)
+_LEASE_READING_RENDERED = _lease_statement(skip_locked=True, read_rendered=True)
 _PROBE_ON_SQLITE = _lease_statement(skip_locked=False, probe=True)
 _PROBE_SKIPPING_LOCKED = _lease_statement(skip_locked=True, probe=True)
 
@@ -395,13 +413,17 @@ def _target(ctx: ServiceContext, config: PostbackConfig, leased: int) -> Target 
 
 
 def _load_batch(session: Session, target: Target, leased: Sequence[Row[Any]], now_us: int,
-                unsendable: dict[int, Unsendable], *, held: bool = False) -> Batch:
+                unsendable: dict[int, Unsendable], *, held: bool = False,
+                lease_rendered: dict[int, tuple[Any, ...]] | None = None) -> Batch:
     """The leased deliveries as postbacks: their events as rendered when the conversions were decided, or rendered
     now from the conversions and their attributed clicks for those kept without (see RenderedPostback). Those the
     network would refuse whatever happens go into `unsendable` instead, with the reason."""
     connection = session.connection()
     delivery_ids = [row.id for row in leased]
-    rendered = {row[0]: row for row in connection.execute(_RENDERED, {"delivery_ids": delivery_ids}).all()}
+    if lease_rendered is None:
+        rendered = {row[0]: row for row in connection.execute(_RENDERED, {"delivery_ids": delivery_ids}).all()}
+    else:
+        rendered = dict(lease_rendered)
     if missing := [delivery_id for delivery_id in delivery_ids if delivery_id not in rendered]:
         for delivery_id, *columns in connection.execute(_LEASED_POSTBACKS, {"delivery_ids": missing}).all():
             event = postback_event(*columns)
@@ -412,7 +434,7 @@ def _load_batch(session: Session, target: Target, leased: Sequence[Row[Any]], no
                 rendered[delivery_id] = _rendering(delivery_id, event, body)
     claimed: list[ClaimedDelivery] = []
     network = target.network
-    for delivery_id, attempt_count, first_attempt_us in leased:
+    for delivery_id, attempt_count, first_attempt_us, *_ in leased:
         row = rendered.get(delivery_id)
         if row is None:
             continue  # erased since it was leased, or unsendable
@@ -533,6 +555,7 @@ async def release_leases(ctx: ServiceContext, owner_id: str, delivery_ids: Seque
         update(Delivery).where(in_values(Delivery.id, delivery_ids), Delivery.lease_owner == owner_id)
         .values(**_clear_lease()).execution_options(synchronize_session=False)
     ))
+    ctx.outbox_changed()  # due again now, for the dispatchers of other processes
 
 
 def describe(c: Classification) -> str:
@@ -669,6 +692,11 @@ async def _record_alike(ctx: ServiceContext, owner_id: str, target: Target, atte
         ("attempt_time_us", attempt_time_us), ("status", status.value), ("http_status", c.http_status or 0),
         ("latency_ms", first.latency_ms), ("network_code", c.network_code), ("network_message", c.message),
         ("network_request_id", c.request_id))}
+    if not ctx.db.is_sqlite:
+        await _record_alike_in_one_statement(ctx, owner_id, target, attempts, logged_values, {
+            "delivery_ids": ids, "owner": owner_id, "new_state": state.value, "error": last_error,
+            "failure_reason": reason, "attempt_time_us": attempt_time_us})
+        return
     # Each attempt carries the number it was claimed with: one whose lease was lost may find the row's count moved
     # on by the dispatcher that took over.
     ids_by_number: dict[int, list[int]] = {}
@@ -690,13 +718,88 @@ async def _record_alike(ctx: ServiceContext, owner_id: str, target: Target, atte
         return logged, settled
 
     logged, settled = await ctx.db.write(settle)
-    if settled < len(ids):
+    _recorded_alike(ctx, target, status, len(ids), logged, settled)
+
+
+def _recorded_alike(ctx: ServiceContext, target: Target, status: AttemptStatus, sent: int, logged: int,
+                    settled: int) -> None:
+    if settled < sent:
         log.warning("%d of %d postbacks of %s were erased, or their lease lost, while sending; their attempts are "
-                    "logged where they still exist, their state left as it is", len(ids) - settled, len(ids),
-                    target.name)
+                    "logged where they still exist, their state left as it is", sent - settled, sent, target.name)
     if logged:
         ctx.delivery_logs_written()
         ctx.metrics.count_attempts(target.network.value, status.value, logged)
+
+
+async def _record_alike_in_one_statement(ctx: ServiceContext, owner_id: str, target: Target,
+                                         attempts: Sequence[Attempt], logged_values: dict[str, Any],
+                                         settled_values: dict[str, Any]) -> None:
+    """_record_alike on PostgreSQL: the log rows, the deliveries' states, their renderings dropped and the
+    config's health, as one statement (see _RECORD_ALIKE) in a transaction of its own."""
+    status = attempts[0].classification.outcome.attempt_status
+    success = status is AttemptStatus.SUCCESS
+    values = {**logged_values, **settled_values, "config": target.row_id,
+              "attempt_numbers": [a.delivery.attempt_number for a in attempts],
+              "dedup_ids": [a.delivery.dedup_id for a in attempts],
+              "event_types": [a.delivery.event_type.value for a in attempts],
+              "relief": BreakerPolicy.relief_per_success}
+
+    def record(session: Session) -> tuple[int, int]:
+        logged, settled = session.connection().execute(_RECORD_SUCCESS if success else _RECORD_FAILURE,
+                                                       values).one()
+        return logged, settled
+
+    logged, settled = await ctx.db.write(record)
+    _recorded_alike(ctx, target, status, len(attempts), logged, settled)
+
+
+def _record_alike_statement(*, success: bool):  # type: ignore[no-untyped-def]
+    """One round trip for a batch's record on PostgreSQL, where each statement of the several SQLite runs cost a
+    round trip through the driver and the pool. The log rows take the conversions' ids and types from the batch
+    (no join to events); the join to deliveries skips one erased in flight. Every part sees the snapshot taken
+    before any of them, so the log rows are read from the deliveries as they were before the update."""
+    health = """,
+        health AS (
+            UPDATE postback_configs SET last_success_time_us = :attempt_time_us,
+                circuit_strain = CASE WHEN circuit_strain > :relief THEN circuit_strain - :relief ELSE 0 END
+            WHERE id = :config AND (last_success_time_us IS NULL OR last_success_time_us < :attempt_time_us))"""
+    statement = text(f"""
+        WITH attempted AS (
+            SELECT * FROM unnest(CAST(:delivery_ids AS BIGINT[]), CAST(:attempt_numbers AS INTEGER[]),
+                                 CAST(:dedup_ids AS VARCHAR[]), CAST(:event_types AS VARCHAR[]))
+                AS a(delivery_id, attempt_number, dedup_id, event_type)),
+        logged AS (
+            INSERT INTO delivery_logs (game_id, config_row_id, config_id, config_display_name, network,
+                attempt_time_us, status, http_status, latency_ms, attempt_number, network_code, network_message,
+                network_request_id, event_type, conversion_event_id, next_attempt_time_us)
+            SELECT :log_game_id, :log_config_row_id, :log_config_id, :log_config_display_name, :log_network,
+                :log_attempt_time_us, :log_status, :log_http_status, :log_latency_ms, attempted.attempt_number,
+                :log_network_code, :log_network_message, :log_network_request_id, attempted.event_type,
+                attempted.dedup_id, NULL
+            FROM attempted JOIN deliveries ON deliveries.id = attempted.delivery_id
+            ORDER BY attempted.delivery_id
+            RETURNING 1),
+        settled AS (
+            UPDATE deliveries SET state = :new_state, last_error = :error, failure_reason = :failure_reason,
+                attempt_count = attempt_count + 1,
+                first_attempt_time_us = coalesce(first_attempt_time_us, :attempt_time_us),
+                last_attempt_time_us = :attempt_time_us, next_attempt_time_us = :attempt_time_us,
+                lease_owner = NULL, lease_expire_time_us = NULL
+            WHERE id = ANY(CAST(:delivery_ids AS BIGINT[])) AND lease_owner = :owner
+            RETURNING 1),
+        forgotten AS (
+            DELETE FROM rendered_postbacks WHERE delivery_id = ANY(CAST(:delivery_ids AS BIGINT[])))
+        {health if success else ""}
+        SELECT (SELECT count(*) FROM logged), (SELECT count(*) FROM settled)""")
+    types = {"log_config_row_id": BigInteger, "log_attempt_time_us": BigInteger, "log_http_status": Integer,
+             "log_latency_ms": Integer, "attempt_time_us": BigInteger, "error": Text, "failure_reason": String,
+             "log_network_code": String, "log_network_message": String, "log_network_request_id": String,
+             **({"config": BigInteger, "relief": Integer} if success else {})}
+    return statement.bindparams(*(bindparam(name, type_=kind()) for name, kind in types.items()))
+
+
+_RECORD_SUCCESS = _record_alike_statement(success=True)
+_RECORD_FAILURE = _record_alike_statement(success=False)
 
 
 def _alike_statements():  # type: ignore[no-untyped-def]
