@@ -490,6 +490,7 @@ async def _paced(opts: benchmarks.Options, server: ServerProcess, counter_start:
     return PacedRun(calls, round(purged_at - server.ready_at, 2) if purged_at else None)
 
 
+MIN_WINDOW_S = 2.0
 PACED_RATE = 200  # calls/s: well within what either database takes, so latency is the service's and not a queue's
 
 
@@ -564,7 +565,8 @@ async def purge(opts: benchmarks.Options) -> benchmarks.Result:
     """The target: ingest's p99 while a day's logs are purged within twice its p99 without the purge. The purge
     runs from the server's start, so each run is judged over the same first seconds of its server's life."""
     runs, load = await measure_purge(opts)
-    window_s = runs["purge"].purge_s
+    # A purge over within a few calls (a day partition dropped) is judged over the first MIN_WINDOW_S instead.
+    window_s = max(runs["purge"].purge_s, MIN_WINDOW_S) if runs["purge"].purge_s is not None else None
     figure = runs["purge"].p99_ms(window_s) or 0.0
     baseline = statistics.fmean([runs["before"].p99_ms(window_s) or 0.0, runs["after"].p99_ms(window_s) or 0.0])
     # PostgreSQL drops whole days past retention, SQLite deletes every row past it: either way most of a day.
@@ -581,7 +583,7 @@ async def purge(opts: benchmarks.Options) -> benchmarks.Result:
         errors=sum(1 for run in runs.values() for _, ms in run.calls if ms is None),
         details={**load.details(), **{label: run.summary(window_s) for label, run in runs.items()},
                  "timed_from": "when each call was due; the window: calls due from the server saying it serves "
-                               "to the server logging that it purged"})
+                               f"to the server logging that it purged, at least {MIN_WINDOW_S} s"})
 
 
 BENCHMARKS = {
