@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import grpc
 from sqlalchemy import func, select
 
-from bench import c_load, http_ingest, refused, replicas, traced_server, workload
+from bench import c_load, history, http_ingest, refused, replicas, traced_server, workload
 from bench.fake import PIXEL, TOKEN, CountingFakeNetwork
 from bench.procs import PYTHON, Profiler, ServerProcess, database_cpu_seconds, fresh_database, run_helper
 from postbacks.v1 import (
@@ -624,4 +624,5 @@ BENCHMARKS: dict[str, Callable[[Options], Awaitable[Result]]] = {
     **refused.BENCHMARKS,
     "ingest-http": http_ingest.run,
     **replicas.BENCHMARKS,
+    **history.BENCHMARKS,
 }
