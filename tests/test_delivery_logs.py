@@ -661,3 +661,22 @@ async def test_the_app_purges_periodically(tmp_path, database_url, fake_network)
 
 async def count_is(count, expected: int) -> bool:  # type: ignore[no-untyped-def]
     return await count() == expected
+
+
+async def test_a_window_skips_older_history_by_id_yet_keeps_what_was_recorded_late(app, channel) -> None:  # type: ignore[no-untyped-def]
+    """A window's reads start after the last row attempted over the recording bound before it; a row attempted
+    just before the window but recorded after rows inside it must not move that start past them."""
+    config = await make_config(app, channel, "g", "tt")
+    configs = {"tt": config}
+    hour_s = delivery_logs.RECORDING_DELAY_BOUND_US / 1e6
+    await write_logs(app, [row(config, hour_s * age) for age in (5, 4, 3)], configs)
+    inside = await write_logs(app, [row(config, 1800), row(config, 600)], configs)
+    await write_logs(app, [row(config, hour_s + 600)], configs)  # before the window, recorded after those inside
+    start = ts(at=time.time() - hour_s)
+
+    listed = await list_all(channel, 1, parent="games/g", start_time=start)
+    assert [e.name for page in listed for e in page.delivery_logs] == [w.name for w in reversed(inside)]
+    call = stub(channel).StreamDeliveryLogs(pb.StreamDeliveryLogsRequest(parent="games/g", start_time=start))
+    backlog, _ = await read_until_heartbeat(call)
+    call.cancel()
+    assert [m.delivery_log.name for m in backlog] == [w.name for w in inside]

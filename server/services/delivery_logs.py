@@ -23,8 +23,8 @@ log = logging.getLogger("postbacks.delivery_logs")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 DAY_US = 86_400_000_000
-# A row is written right after its attempt (at most an HTTP timeout later), so a stream that starts at a time
-# finds its first row among those attempted up to this much earlier.
+# A row is written right after its attempt (at most an HTTP timeout later): every row recorded before one attempted
+# this long before a time was attempted before that time, so reads of a window can skip them by id.
 RECORDING_DELAY_BOUND_US = 3_600_000_000
 PURGE_CHUNK_ROWS = 500
 
@@ -70,6 +70,16 @@ def _decode(token: str, digest: str, field_path: str) -> int:
     return cursor
 
 
+async def _ids_before(session: AsyncSession, start_us: int) -> int:
+    """An id at or below which no row was attempted at or after `start_us` (0 without such a row): the last row
+    attempted over RECORDING_DELAY_BOUND_US before it was recorded before anything attempted since. Without it, a
+    window's last page, one not filled, walks the config's whole history backwards (seconds on millions of rows)."""
+    last = await session.scalar(
+        select(DeliveryLog.id).where(DeliveryLog.attempt_time_us < start_us - RECORDING_DELAY_BOUND_US)
+        .order_by(DeliveryLog.attempt_time_us.desc()).limit(1))
+    return last or 0
+
+
 def retention_cutoff_us(ctx: ServiceContext) -> int:
     """Entries attempted before this are expired: never listed or streamed, even before the purge removes them."""
     return ctx.clock() - ctx.settings.log_retention_days * DAY_US
@@ -99,7 +109,8 @@ async def list_delivery_logs(ctx: ServiceContext, selection: LogSelection, windo
     start_us = ctx.clock() - window.span_us if window.span_us is not None else window.start_us
     async with ctx.db.snapshot() as session:
         log_filter = await _filter(ctx, session, selection, start_us)
-        query = select(DeliveryLog).where(*log_filter.clauses())
+        query = select(DeliveryLog).where(*log_filter.clauses(),
+                                          DeliveryLog.id > await _ids_before(session, log_filter.min_time_us))
         if window.end_us is not None:
             query = query.where(DeliveryLog.attempt_time_us < window.end_us)
         if before is not None:
@@ -130,11 +141,7 @@ async def stream_delivery_logs(ctx: ServiceContext, tail: LogTail, selection: Lo
     async with ctx.db.snapshot() as session:
         log_filter = await _filter(ctx, session, selection, start_us)
         if cursor is None and start_us is not None:
-            first = await session.scalar(
-                select(DeliveryLog.id).where(DeliveryLog.attempt_time_us >= start_us - RECORDING_DELAY_BOUND_US)
-                .order_by(DeliveryLog.attempt_time_us, DeliveryLog.id).limit(1))
-            # Without a row that recent, start from the beginning: the time filter still applies.
-            cursor = first - 1 if first is not None else 0
+            cursor = await _ids_before(session, start_us)
     async with tail.follow():
         loop = asyncio.get_running_loop()
         if cursor is None:
