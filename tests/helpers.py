@@ -8,6 +8,7 @@ import sys
 import time
 
 import grpc
+from alembic import command
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -21,6 +22,7 @@ from postbacks.v1 import (
     postback_config_service_pb2,
     postback_config_service_pb2_grpc,
 )
+from server.store.db import alembic_config
 
 TIKTOK_TOKEN = "tt-token-0123456789abcdef"
 REDDIT_TOKEN = "rd-token-0123456789abcdef"
@@ -199,3 +201,10 @@ def connect_error_details(body: dict) -> dict[str, dict]:  # type: ignore[type-a
 def connect_field_violations(body: dict) -> dict[str, str]:  # type: ignore[type-arg]
     violations = connect_error_details(body).get("google.rpc.BadRequest", {}).get("fieldViolations", [])
     return {v["field"]: v["description"] for v in violations}
+
+
+def migrate_to(connection, revision: str) -> None:  # type: ignore[no-untyped-def]
+    """Upgrades a database, on an open synchronous connection, to one Alembic revision (a test of a migration)."""
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)

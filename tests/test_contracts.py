@@ -4,14 +4,14 @@ import pathlib
 import subprocess
 import sys
 
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
-from server.store.db import Database, alembic_config
+from server.store.db import Database
 from server.store.log_partitions import is_partition
 from server.store.models import Base
+from tests.helpers import migrate_to
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BIN = pathlib.Path(sys.executable).parent
@@ -63,7 +63,7 @@ async def test_postbacks_failed_before_the_circuit_breaker_get_their_failure_rea
     db = Database(database_url)
     try:
         async with db.engine.begin() as conn:
-            await conn.run_sync(lambda sync_conn: _migrate(sync_conn, "0004"))
+            await conn.run_sync(lambda sync_conn: migrate_to(sync_conn, "0004"))
             for network in ("tiktok", "reddit"):
                 await conn.execute(text(
                     "INSERT INTO postback_configs (game_id, config_id, display_name, network, pixel_id, "
@@ -79,7 +79,7 @@ async def test_postbacks_failed_before_the_circuit_breaker_get_their_failure_rea
                     "next_attempt_time_us, last_error, create_time_us) SELECT 'g', e.id, c.id, 'failed', 1, 0, "
                     ":error, 0 FROM events e, postback_configs c WHERE e.event_id = :event_id AND c.network = "
                     ":network"), {"event_id": f"p{index}", "error": last_error, "network": network})
-            await conn.run_sync(lambda sync_conn: _migrate(sync_conn, "head"))
+            await conn.run_sync(lambda sync_conn: migrate_to(sync_conn, "head"))
             reasons = dict((await conn.execute(text(
                 "SELECT e.event_id, d.failure_reason FROM deliveries d JOIN events e ON e.id = d.event_row_id"))).all())
         assert [reasons[f"p{index}"] for index in range(len(FAILED_BEFORE_0005))] == [
@@ -87,8 +87,3 @@ async def test_postbacks_failed_before_the_circuit_breaker_get_their_failure_rea
     finally:
         await db.close()
 
-
-def _migrate(connection, revision: str) -> None:  # type: ignore[no-untyped-def]
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.upgrade(config, revision)

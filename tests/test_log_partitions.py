@@ -2,11 +2,11 @@
 
 import time
 
-from alembic import command
 from sqlalchemy import text
 
 from server.store import log_partitions
-from server.store.db import Database, alembic_config
+from server.store.db import Database
+from tests.helpers import migrate_to
 
 DAY_US = log_partitions.DAY_US
 AGES_DAYS = [45, 31, 3, 0, 0]
@@ -17,7 +17,7 @@ async def test_the_upgrade_keeps_every_row_of_a_0005_database(database_url: str)
     try:
         now_us = int(time.time() * 1_000_000)
         async with db.engine.begin() as conn:
-            await conn.run_sync(lambda sync_conn: _migrate(sync_conn, "0005"))
+            await conn.run_sync(lambda sync_conn: migrate_to(sync_conn, "0005"))
             for index, age in enumerate(AGES_DAYS):
                 await conn.execute(text(
                     "INSERT INTO delivery_logs (game_id, config_row_id, config_id, config_display_name, network, "
@@ -26,7 +26,7 @@ async def test_the_upgrade_keeps_every_row_of_a_0005_database(database_url: str)
                     "200, 40, 1, :conversion)"), {"time": now_us - age * DAY_US - index, "conversion": f"c{index}"})
             before = (await conn.execute(text(
                 "SELECT id, attempt_time_us, conversion_event_id FROM delivery_logs ORDER BY id"))).all()
-            await conn.run_sync(lambda sync_conn: _migrate(sync_conn, "head"))
+            await conn.run_sync(lambda sync_conn: migrate_to(sync_conn, "head"))
             after = (await conn.execute(text(
                 "SELECT id, attempt_time_us, conversion_event_id FROM delivery_logs ORDER BY id"))).all()
             assert after == before
@@ -66,8 +66,3 @@ async def test_partitions_for_a_range_are_made_once(postgresql_url: str) -> None
     finally:
         await db.close()
 
-
-def _migrate(connection, revision: str) -> None:  # type: ignore[no-untyped-def]
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.upgrade(config, revision)
