@@ -1,5 +1,5 @@
 """The benchmarks: each returns its figure, its ceiling from the same run, its target and how they were made. The
-ingest and latency rows run once per deployment: one process (`--role all`, what `make run` starts) and split roles."""
+ingest and latency rows run once per deployment: the default (`--role all`, what `make run` starts) and split roles."""
 
 import asyncio
 import contextlib
@@ -203,7 +203,7 @@ def _percentile(sorted_values: list[float], p: float) -> float:
 # --- deployments --------------------------------------------------------------------------------------------------
 
 DEPLOYMENTS = {
-    "all": "one process, --role all (the default deployment: what `make run` starts)",
+    "all": "--role all (the default deployment, what `make run` starts: it runs its dispatcher in a child process)",
     "split": "an --role api process beside an --role dispatcher process on the same database",
 }
 
@@ -522,7 +522,7 @@ async def latency(opts: Options, deployment: str = "all") -> Result:
 
 async def memory(opts: Options) -> Result:
     """The server's resident memory after 1,000,000 events (the mix) and their postbacks, against after the first
-    10,000 and theirs; the default single-process server, so ingest and dispatch both run in it. A server too slow
+    10,000 and theirs; the default deployment (its API and dispatcher processes together). A server too slow
     to take the million within the time budget is measured at the count it reached, and the table says so."""
     total, first = opts.scale(1_000_000, 50_000), 10_000
     mix = workload.mixed(total)

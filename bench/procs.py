@@ -102,20 +102,28 @@ class ServerProcess:
         except OSError:
             return ""
 
+    # The server's figures are its process tree's: the default deployment runs its dispatcher in a child process.
+
     def rss_mb(self) -> float:
-        return proc_status_mb(self.pid, "VmRSS")
+        return _tree_status_mb(self.pid, "VmRSS")
 
     def rss_breakdown_mb(self) -> dict[str, float]:
         """Anonymous (heap, arenas), file-backed and shared-memory parts of the resident set."""
-        return {f: round(proc_status_mb(self.pid, f), 1) for f in ("RssAnon", "RssFile", "RssShmem")}
+        return {f: round(_tree_status_mb(self.pid, f), 1) for f in ("RssAnon", "RssFile", "RssShmem")}
 
     def peak_rss_mb(self) -> float:
-        return proc_status_mb(self.pid, "VmHWM")
+        return _tree_status_mb(self.pid, "VmHWM")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server has used so far."""
-        fields = pathlib.Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time the server (with its child processes, living or ended) has used so far."""
+        own = _stat_fields(self.pid)
+        ticks = sum(int(f) for f in own[11:15])  # utime, stime, and those of its ended children
+        for pid in process_tree(self.pid)[1:]:
+            try:
+                ticks += sum(int(f) for f in _stat_fields(pid)[11:13])
+            except OSError:  # ended meanwhile: its time moves to its parent's ended children
+                pass
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     async def stop(self, grace_s: float = 20.0) -> None:
         if self.process is None or self.process.returncode is not None:
@@ -154,6 +162,33 @@ def database_cpu_seconds(database_url: str) -> float:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants, parents first."""
+    tree, i = [pid], 0
+    while i < len(tree):
+        for task in pathlib.Path(f"/proc/{tree[i]}/task").glob("*/children"):
+            try:
+                tree += [int(child) for child in task.read_text().split()]
+            except OSError:
+                pass
+        i += 1
+    return tree
+
+
+def _tree_status_mb(pid: int, field: str) -> float:
+    total = proc_status_mb(pid, field)
+    for child in process_tree(pid)[1:]:
+        try:
+            total += proc_status_mb(child, field)
+        except OSError:
+            pass
+    return total
 
 
 def proc_status_mb(pid: int, field: str) -> float:
@@ -229,7 +264,7 @@ class Profiler:
         py_spy = _py_spy()
         self.out_path.parent.mkdir(parents=True, exist_ok=True)
         self._process = await asyncio.create_subprocess_exec(
-            py_spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--nonblocking",
+            py_spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "200", "--format", "raw", "--nonblocking",
             "--output", str(self.out_path), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
 
     async def finish(self) -> str | None:

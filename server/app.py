@@ -6,6 +6,7 @@ import errno
 import logging
 import pathlib
 import socket
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -105,6 +106,8 @@ class App:
                 notifications.listen(DELIVERY_LOGS, self.log_tail.wake)
         self.ctx.metrics.open_log_streams.set_function(lambda: self.log_tail.followers)
         self.metrics_server: MetricsServer | None = None
+        # The default deployment's dispatcher process, whose metrics this process's /metrics serves as well.
+        self.other_process_metrics: Callable[[], Awaitable[bytes]] | None = None
         self.metrics_port: int | None = None
         self._log_purge_task: asyncio.Task[None] | None = None
         self._statistics_task: asyncio.Task[None] | None = None
@@ -189,13 +192,15 @@ class App:
                 keep_statistics_fresh(self.db, self.settings.pg_statistics_interval_s), name="planner-statistics")
         if self.settings.metrics_listen:
             self.metrics_server = MetricsServer(self.ctx.metrics, self.settings.metrics_listen,
-                                                lambda: outbox_stats.refresh_outbox_gauges(self.ctx))
+                                                lambda: outbox_stats.refresh_outbox_gauges(self.ctx),
+                                                self.other_process_metrics)
             self.metrics_port = await self.metrics_server.start()
         if self.dispatcher is not None:
             self.dispatcher.start()
         for name in ("", *api_services):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving gRPC on port %d%s (database %s)", self.port,
+        log.info("%s on port %d%s (database %s)",
+                 "dispatching; gRPC health" if self.settings.role == "dispatcher" else "serving gRPC", self.port,
                  f", HTTP on port {self.http_port}" if self.http_port else "",
                  self.db.url.render_as_string(hide_password=True))
         return self.port

@@ -2,7 +2,7 @@
 
 import logging
 from collections import Counter as Tally
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from aiohttp import web
@@ -14,10 +14,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 
 from server.core.events import EventKind, NewEvent
 from server.core.postback import Outcome
 from server.core.types import AttemptStatus, Network, NoPostbackReason
+from server.dispatcher_process import merge_families
 
 log = logging.getLogger("postbacks.metrics")
 
@@ -119,19 +121,31 @@ class Metrics:
             self.open_circuits.labels(postback_config=name, cause=cause, state=state).set(1)
             self.held_postbacks.labels(postback_config=name).set(held)
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, other_process: bytes = b"") -> bytes:
+        """The metrics in the Prometheus text format, with another process's of the same service added in (the
+        default deployment's dispatcher process)."""
+        if not other_process:
+            return generate_latest(self.registry)
+        own = self.registry
+
+        class Merged:
+            def collect(self) -> Iterator[Metric]:
+                return merge_families(own.collect(), other_process)
+
+        return generate_latest(Merged())  # type: ignore[arg-type]
 
 
 class MetricsServer:
     """GET /metrics on its own aiohttp listener. `before_scrape` refreshes database-backed gauges by awaiting
     the database, so a scrape never blocks the event loop; if it fails the scrape still answers."""
 
-    def __init__(self, metrics: Metrics, listen: str, before_scrape: Callable[[], Awaitable[None]]):
+    def __init__(self, metrics: Metrics, listen: str, before_scrape: Callable[[], Awaitable[None]],
+                 other_process: Callable[[], Awaitable[bytes]] | None = None):
         host, _, port = listen.rpartition(":")
         self._host, self._port = host.strip("[]") or "127.0.0.1", int(port)
         self._metrics = metrics
         self._before_scrape = before_scrape
+        self._other_process = other_process
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -157,4 +171,5 @@ class MetricsServer:
             await self._before_scrape()
         except Exception:
             log.exception("refreshing the outbox gauges failed; serving their previous values")
-        return web.Response(body=self._metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        other = await self._other_process() if self._other_process is not None else b""
+        return web.Response(body=self._metrics.exposition(other), headers={"Content-Type": CONTENT_TYPE_LATEST})

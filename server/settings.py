@@ -24,6 +24,9 @@ class Settings:
                                      "PostgreSQL: postgresql+asyncpg://user@host/db")
     role: str = _setting("all", "all: API and dispatcher in one process; api: no dispatcher; dispatcher: no API",
                          choices=ROLES)
+    dispatcher_process: str = _setting("auto", "--role all: run the dispatcher in a child process of its own (on), in "
+                                               "this one (off), or in a child when more than one CPU is available "
+                                               "(auto)", choices=("auto", "on", "off"))
     tiktok_base_url: str = _setting("https://business-api.tiktok.com", "TikTok Business API base URL")
     reddit_base_url: str = _setting("https://ads-api.reddit.com", "Reddit Ads API base URL")
     secret_keys: str = _setting("", "comma-separated base64 AES-256 keys for credentials at rest, newest first; "
