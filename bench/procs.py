@@ -304,17 +304,36 @@ def _function(frame: str) -> str:
 
 
 def summarize_collapsed(path: pathlib.Path, top: int = 15) -> str:
-    """Top functions by own samples and by inclusive samples, from py-spy's collapsed-stack output."""
-    own: dict[str, int] = {}
-    inclusive: dict[str, int] = {}
-    total = 0
+    """Top functions by own samples and by inclusive samples, from py-spy's collapsed-stack output: for each process
+    when py-spy followed the server's child processes too (their stacks start with `process PID:"command"`)."""
+    by_process: dict[str, list[tuple[list[str], int]]] = {}
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack:
             continue
-        count = int(count_text)
+        frames = stack.split(";")
+        process = ""
+        # A child's stacks start with its parent's frame, then its own.
+        while frames and (match := _PROCESS_FRAME.match(frames[0])):
+            frames = frames[1:]
+            role = re.search(r"--role (\w+)", match.group(2))
+            process = f"process {match.group(1)} ({role.group(1) if role else 'dispatcher process'})"
+        by_process.setdefault(process, []).append((frames, int(count_text)))
+    if len(by_process) == 1:
+        return _summarize_stacks(next(iter(by_process.values())), top)
+    return "\n".join(f"{process}: {_summarize_stacks(stacks, top)}" for process, stacks in sorted(by_process.items()))
+
+
+_PROCESS_FRAME = re.compile(r'process (\d+):"(.*)"')
+
+
+def _summarize_stacks(stacks: list[tuple[list[str], int]], top: int) -> str:
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for stack, count in stacks:
         total += count
-        frames = [f for f in stack.split(";") if not any(shared in f for shared in _SHARED_FRAMES)]
+        frames = [f for f in stack if not any(shared in f for shared in _SHARED_FRAMES)]
         if not frames:
             continue
         own[_function(frames[-1])] = own.get(_function(frames[-1]), 0) + count

@@ -12,16 +12,20 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from server.errors import StartupError
 from server.settings import Settings, env_name
 
 log = logging.getLogger("postbacks.dispatcher_process")
 
 # Set in the child's environment: it then takes orders on stdin (see serve_as_child) and prints no banner.
 CHILD_MARKER = "_POSTBACKS_DISPATCHER_CHILD"
-# The child's orders, one a line, and its answer to SCRAPE: a line with the byte count, then that many bytes.
-SCRAPE, STOP = b"scrape\n", b"stop\n"
+# The child's orders, one a line, and its answer to SCRAPE: a line with the byte count, then that many bytes. It says
+# READY once it runs, before any answer.
+SCRAPE, STOP, READY = b"scrape\n", b"stop\n", b"ready\n"
 _RESTART_DELAYS_S = (1.0, 2.0, 5.0, 15.0, 30.0)
 _SCRAPE_TIMEOUT_S = 5.0
+_START_TIMEOUT_S = 60.0
+_STEADY_S = 60.0  # a child that ran this long before it died is restarted after the shortest delay again
 
 
 def wanted(settings: Settings) -> bool:
@@ -66,30 +70,52 @@ class DispatcherProcess:
         return self._process.pid if self._process is not None and self._process.returncode is None else None
 
     async def start(self) -> None:
-        await self._spawn()
+        """Returns once the child dispatches; a child that cannot start fails the start-up with its exit code."""
+        if not await self._spawn():
+            assert self._process is not None
+            raise StartupError(f"the dispatcher process exited with code {self._process.returncode} as it started "
+                               "(its log is above); --dispatcher-process off runs the dispatcher in this process")
         self._watch = asyncio.create_task(self._keep_running(), name="dispatcher process")
 
-    async def _spawn(self) -> None:
+    async def _spawn(self) -> bool:
+        """Starts a child and waits until it says it runs: False if it exits (or hangs) first."""
         # A session of its own: Ctrl-C in a terminal reaches the parent, which stops the child in order.
-        self._process = await asyncio.create_subprocess_exec(
+        process = self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "server", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             env=self._env, start_new_session=True)
         self.starts += 1
-        log.info("dispatcher process %d started", self._process.pid)
+        assert process.stdout is not None
+        try:
+            async with asyncio.timeout(_START_TIMEOUT_S):
+                ready = await process.stdout.readline() == READY
+        except TimeoutError:
+            ready = False
+        if not ready:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            return False
+        log.info("dispatcher process %d runs", process.pid)
+        return True
 
     async def _keep_running(self) -> None:
         failures = 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         while not self._stopping:
             assert self._process is not None
             code = await self._process.wait()
             if self._stopping:
                 return
+            if loop.time() - started > _STEADY_S:
+                failures = 0
             delay_s = _RESTART_DELAYS_S[min(failures, len(_RESTART_DELAYS_S) - 1)]
             failures += 1
             log.error("the dispatcher process exited with code %s; postbacks wait in the outbox until another "
                       "starts in %.0fs", code, delay_s)
             await asyncio.sleep(delay_s)
             if not self._stopping:
+                started = loop.time()
                 await self._spawn()
 
     async def scrape(self) -> bytes:
@@ -138,6 +164,8 @@ async def serve_as_child(stop: asyncio.Event, exposition: Callable[[], bytes], g
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     out = sys.stdout.buffer
+    out.write(READY)
+    out.flush()
     while True:
         order = await reader.readline()
         if order == SCRAPE:

@@ -1,16 +1,18 @@
 """The default deployment's dispatcher process: it sends what the API process takes, its metrics are served with the
 API's, it is started again when it dies, and it never outlives the service."""
 
+import asyncio
 import os
 import pathlib
 import signal
+import sys
 
 import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.dispatcher_process import merge_families, wanted
+from server.dispatcher_process import CHILD_MARKER, merge_families, wanted
 from server.settings import Settings
 from tests import helpers as h
 from tests.conftest import test_settings as settings_for
@@ -18,6 +20,7 @@ from tests.conftest import wait_until
 from tests.process_helpers import ServerProcess
 
 GAME = "child-process"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _children(pid: int) -> list[int]:
@@ -150,3 +153,23 @@ def test_metrics_of_two_processes_are_summed_by_series() -> None:
     assert merged["pending", ()] == 3
     own_created = {s.name: s.value for f in api.collect() for s in f.samples if s.name.endswith("_created")}
     assert merged["events_created", (("kind", "click"),)] == own_created["events_created"]
+
+
+async def test_a_dispatcher_process_that_cannot_start_fails_the_start_up(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Python runs a sitecustomize module found on PYTHONPATH at start-up: this one ends the child alone.
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        f"import os\nif os.environ.get({CHILD_MARKER!r}):\n    os._exit(3)\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+        "--data-dir", str(tmp_path / "data"), "--dispatcher-process", "on",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("POSTBACKS_")},
+             "PYTHONPATH": f"{hooks}{os.pathsep}{ROOT}"})
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert b"serving gRPC" not in stdout
+    assert stderr.decode().strip().splitlines()[-1] == (
+        "postbacks: the dispatcher process exited with code 3 as it started (its log is above); "
+        "--dispatcher-process off runs the dispatcher in this process")
