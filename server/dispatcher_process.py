@@ -6,11 +6,7 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
-
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
+from collections.abc import Callable
 
 from server.errors import StartupError
 from server.settings import Settings, env_name
@@ -176,24 +172,3 @@ async def serve_as_child(stop: asyncio.Event, exposition: Callable[[], bytes], g
             graceful[0] = order == STOP
             stop.set()
             return
-
-
-def merge_families(own: Iterable[Metric], other_text: bytes) -> Iterator[Metric]:
-    """This process's metric families with another process's added in: counters, histograms and gauges summed
-    by series (the two count different things: ingest here, delivery there); creation times are this process's."""
-    others = {family.name: family for family in text_string_to_metric_families(other_text.decode())}
-    for family in own:
-        other = others.get(family.name)
-        if other is not None:
-            theirs = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in other.samples
-                      if not s.name.endswith("_created")}
-            keys = set()
-            merged: list[Sample] = []
-            for sample in family.samples:
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                keys.add(key)
-                merged.append(sample._replace(value=sample.value + theirs.get(key, 0.0)))
-            merged += [Sample(name, dict(labels), value) for (name, labels), value in theirs.items()
-                       if (name, labels) not in keys]
-            family.samples = merged
-        yield family

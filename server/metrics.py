@@ -15,11 +15,12 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from server.core.events import EventKind, NewEvent
 from server.core.postback import Outcome
 from server.core.types import AttemptStatus, Network, NoPostbackReason
-from server.dispatcher_process import merge_families
 
 log = logging.getLogger("postbacks.metrics")
 
@@ -173,3 +174,24 @@ class MetricsServer:
             log.exception("refreshing the outbox gauges failed; serving their previous values")
         other = await self._other_process() if self._other_process is not None else b""
         return web.Response(body=self._metrics.exposition(other), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def merge_families(own: Iterable[Metric], other_text: bytes) -> Iterator[Metric]:
+    """This process's metric families with another process's added in: counters, histograms and gauges summed
+    by series (the two count different things: ingest here, delivery there); creation times are this process's."""
+    others = {family.name: family for family in text_string_to_metric_families(other_text.decode())}
+    for family in own:
+        other = others.get(family.name)
+        if other is not None:
+            theirs = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in other.samples
+                      if not s.name.endswith("_created")}
+            keys = set()
+            merged: list[Sample] = []
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                keys.add(key)
+                merged.append(sample._replace(value=sample.value + theirs.get(key, 0.0)))
+            merged += [Sample(name, dict(labels), value) for (name, labels), value in theirs.items()
+                       if (name, labels) not in keys]
+            family.samples = merged
+        yield family

@@ -12,7 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.dispatcher_process import CHILD_MARKER, merge_families, wanted
+from server.dispatcher_process import CHILD_MARKER, wanted
+from server.metrics import merge_families
 from server.settings import Settings
 from tests import helpers as h
 from tests.conftest import test_settings as settings_for
