@@ -1,5 +1,6 @@
 """Database: on one SQLite file, the writers of several processes take turns on a lock file; on PostgreSQL, the
-planner statistics of the tables ingest grows are refreshed as they grow."""
+planner statistics of the tables ingest grows are refreshed as they grow, and connections the server dropped are
+replaced."""
 
 import asyncio
 import os
@@ -7,11 +8,17 @@ import pathlib
 import stat
 import sys
 
+import asyncpg
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from server.store.db import Database, _WriteTurn
 from server.store.statistics import CHANGED_FLOOR, analyze_stale_tables
-from tests.conftest import wait_until
+from tests import helpers as h
+from tests.conftest import PG_ADMIN_DSN, running_app, wait_until
+from tests.conftest import test_settings as settings_for  # aliased: pytest would collect a test_* name
+from tests.dispatch_helpers import batch_ingest
 
 # Another process's writer holding its turn: it takes the lock, says so, and lets go when told to.
 _HOLDER = """
@@ -112,3 +119,63 @@ async def test_postgresql_statistics_of_a_grown_hot_table_are_refreshed_until_it
         assert await analyze_stale_tables(db) == []
     finally:
         await db.close()
+
+
+async def _drop_connections_of(url: str) -> int:
+    """What a server restart does to the service's pooled connections: each backend of its database is ended."""
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        return len(await admin.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            url.rsplit("/", 1)[1]))
+    finally:
+        await admin.close()
+
+
+async def test_postgresql_connections_dropped_while_idle_are_replaced_before_use(postgresql_url: str) -> None:
+    db = Database(postgresql_url, idle_ping_s=0.0)
+    await db.migrate()
+    try:
+        assert await db.read(lambda session: session.scalar(text("SELECT 1"))) == 1
+        assert await _drop_connections_of(postgresql_url) >= 1
+
+        assert await db.read(lambda session: session.scalar(text("SELECT 2"))) == 2
+        assert await db.write(lambda session: session.scalar(text("SELECT 3"))) == 3
+    finally:
+        await db.close()
+
+
+async def test_postgresql_a_connection_dropped_while_in_use_fails_one_transaction_and_the_pool_lets_go_of_the_rest(
+        postgresql_url: str) -> None:
+    db = Database(postgresql_url, idle_ping_s=3600.0)  # never pinged: as a connection in steady use
+    await db.migrate()
+    try:
+        async def two_connections() -> None:  # both pooled, then both dropped
+            async with db.transaction() as first, db.transaction() as second:
+                await first.execute(text("SELECT 1"))
+                await second.execute(text("SELECT 1"))
+
+        await two_connections()
+        assert await _drop_connections_of(postgresql_url) >= 2
+        with pytest.raises(DBAPIError) as failed:
+            await db.write(lambda session: session.scalar(text("SELECT 1")))
+        assert failed.value.connection_invalidated
+
+        assert await db.write(lambda session: session.scalar(text("SELECT 2"))) == 2
+        assert await db.read(lambda session: session.scalar(text("SELECT 3"))) == 3
+    finally:
+        await db.close()
+
+
+async def test_postgresql_ingest_goes_on_once_the_server_dropped_the_connections_it_was_using(
+        tmp_path, postgresql_url, fake_network) -> None:  # type: ignore[no-untyped-def]
+    async with running_app(settings_for(tmp_path, postgresql_url, fake_network)) as app, \
+            h.authorized_channel(app) as channel:
+        await h.create_config(channel, "g1")
+        assert not (await h.ingest(channel, "g1", h.click("c1", user_id="u1"))).duplicate
+        await _drop_connections_of(postgresql_url)
+
+        # Within a second of its last use a connection is not pinged: the transaction that finds it gone runs again
+        # (a batch has no group commit to settle it alone).
+        await batch_ingest(channel, "g1", [h.purchase("p1", user_id="u1"), h.purchase("p2", user_id="u1")])
+        assert (await h.ingest(channel, "g1", h.purchase("p2", user_id="u1"))).duplicate

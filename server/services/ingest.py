@@ -92,7 +92,9 @@ async def _write_with_retries(ctx: ServiceContext, per_game: dict[str, list[NewE
                               fingerprints: dict[str, list[str]], now_us: int) -> dict[str, _GameResult]:
     """On PostgreSQL, the transaction runs again when it lost a race (LocksNeeded, _RETRIED_SQLSTATES): it reads
     afresh, so what the other transaction committed is then a duplicate or history. One that found PostgreSQL's
-    lock table full runs again locking its games whole. SQLite has one writer."""
+    lock table full runs again locking its games whole. So does one whose connection the server dropped: if that
+    happened during its commit, the events it stored are reported as duplicates, as for a client's own retry.
+    SQLite has one writer."""
     locks_wanted: frozenset[int] = frozenset()
     whole_games = False
     for attempt in range(1, _ATTEMPTS + 1):
@@ -105,7 +107,9 @@ async def _write_with_retries(ctx: ServiceContext, per_game: dict[str, list[NewE
             locks_wanted = needed.keys
         except DBAPIError as error:
             sqlstate = getattr(error.orig, "sqlstate", None)
-            if ctx.db.is_sqlite or sqlstate not in (*_RETRIED_SQLSTATES, LOCK_TABLE_FULL) or attempt == _ATTEMPTS:
+            # A connection the server dropped (a restart) fails its transaction; the pool has let go of the others.
+            retried = error.connection_invalidated or sqlstate in (*_RETRIED_SQLSTATES, LOCK_TABLE_FULL)
+            if ctx.db.is_sqlite or not retried or attempt == _ATTEMPTS:
                 raise
             whole_games = whole_games or sqlstate == LOCK_TABLE_FULL
     raise AssertionError("unreachable: the last attempt returns or raises")
