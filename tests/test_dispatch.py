@@ -11,6 +11,7 @@ from server.core.hashing import hash_email_reddit, hash_email_tiktok, hash_exter
 from server.core.postback import Classification, Outcome
 from server.core.retry import give_up_reason
 from server.core.types import DeliveryState, Network
+from server.services import deliveries as deliveries_service
 from server.services.deliveries import (
     CONFIG_DISABLED,
     Attempt,
@@ -426,6 +427,35 @@ async def test_postbacks_that_come_due_while_the_rate_limit_is_spent_go_out_toge
 
         await wait_until(lambda: len(sent_dedup_ids(fake_network)) == 6)
         # Claimed one by one, each would have waited in line for the limit and gone alone, one every 2 s.
+        assert [len(r.json["data"]) for r in postback_requests(fake_network)] == [1, 5]
+
+
+async def test_new_postbacks_of_a_config_whose_rate_limit_is_spent_start_no_claims(
+        tmp_path, database_url, fake_network, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    claims = 0
+    lease_due_of_the_service = deliveries_service.lease_due
+
+    async def counted_lease_due(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal claims
+        claims += 1
+        return await lease_due_of_the_service(*args, **kwargs)
+
+    monkeypatch.setattr(deliveries_service, "lease_due", counted_lease_due)
+    # No polls: only wakes, and the limit's own timer, can start a claim.
+    settings = settings_for(tmp_path, database_url, fake_network, rate_limit_per_config=0.5, dispatch_poll_s=600.0)
+    async with serving(settings) as (_, channel):
+        await h.create_config(channel, "g1", network=TIKTOK, pixel_id="CTRATE2")
+        await h.ingest(channel, "g1", h.click("c1", user_id="u1", landing_url="https://game.example/?ttclid=TT-8"))
+        await h.ingest(channel, "g1", h.purchase("p0", user_id="u1"))
+        await wait_until(lambda: sent_dedup_ids(fake_network) == ["p0"])
+        claims = 0
+        for i in range(1, 6):  # each commit wakes the dispatcher
+            await h.ingest(channel, "g1", h.purchase(f"p{i}", user_id="u1"))
+
+        await wait_until(lambda: len(sent_dedup_ids(fake_network)) == 6)
+        # The claim once the limit had a request to spend, and perhaps one as the first batch finished; not one
+        # per commit, each finding nothing it could take.
+        assert claims <= 2
         assert [len(r.json["data"]) for r in postback_requests(fake_network)] == [1, 5]
 
 
