@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from server.store.db import Database, _WriteTurn
-from server.store.statistics import CHANGED_FLOOR, analyze_stale_tables
+from server.store.statistics import CHANGED_FLOOR, STATISTICS_TARGET, analyze_stale_tables
 from tests import helpers as h
 from tests.conftest import PG_ADMIN_DSN, running_app, wait_until
 from tests.conftest import test_settings as settings_for  # aliased: pytest would collect a test_* name
@@ -117,6 +117,13 @@ async def test_postgresql_statistics_of_a_grown_hot_table_are_refreshed_until_it
                 "SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'identity_links'"))
         assert analyzed_at is not None
         assert await analyze_stale_tables(db) == []
+        # From the smaller sample: a histogram of at most STATISTICS_TARGET + 1 bounds (the server's default
+        # target, 100, would give 101 for 2,000 distinct user ids).
+        async with db.snapshot() as session:
+            bounds = await session.scalar(text(
+                "SELECT array_length(histogram_bounds::text::text[], 1) FROM pg_stats "
+                "WHERE tablename = 'identity_links' AND attname = 'user_id'"))
+        assert 2 <= bounds <= STATISTICS_TARGET + 1
     finally:
         await db.close()
 
