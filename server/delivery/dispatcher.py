@@ -208,7 +208,7 @@ class Dispatcher:
                 if limited_s := [wait_s for bucket in self._buckets.values() if (wait_s := bucket.wait_s()) > 0]:
                     # Until a rate-limited config has a request to spend, wakes are not heeded: they are mostly
                     # its own new postbacks and its batches finishing, and each claim they started found nothing
-                    # it could take (at 1,000 conversions/s, most of the dispatcher's claims and a sixth of its
+                    # it could take (at 1,000 conversions/s, most of the dispatcher's claims and a quarter of its
                     # CPU). Another config's new postbacks wait at most one request's interval for the next claim.
                     await asyncio.sleep(min(timeout_s, *limited_s))  # a pace set by the rate limit
                 else:

@@ -19,10 +19,10 @@ HOT_TABLES = ("events", "identity_links", "deliveries", "rendered_postbacks", "d
 # looked at once a minute): a table that grows from nothing is analyzed about 20 times by 200,000 rows.
 CHANGED_SHARE = 0.2
 CHANGED_FLOOR = 1000
-# The sample these analyses take: 300 rows per unit of target. The lookups above need to know that an identity
-# matches few rows, which a smaller sample tells as well, and sorting each column's sample (the events' user
-# agents, URLs and digests among them) made most of the analysis's cost. Autovacuum's own analyses, with the
-# server's default target, still follow as the table grows.
+# The sample these analyses take: 300 rows per unit of target (the default, 100, takes 30,000). The lookups above
+# need to know that an identity matches few rows, which a smaller sample tells as well, and an analysis costs in
+# proportion to its sample, on a database that ingest keeps busy (docs/performance.md). Autovacuum's own analyses,
+# with the server's default target, still follow as the table grows.
 STATISTICS_TARGET = 20
 _STALE = text(
     "SELECT relname FROM pg_stat_user_tables WHERE relname = ANY(:tables) "
