@@ -157,12 +157,9 @@ async def test_postgresql_a_connection_dropped_while_in_use_fails_one_transactio
     db = Database(postgresql_url, idle_ping_s=3600.0)  # never pinged: as a connection in steady use
     await db.migrate()
     try:
-        async def two_connections() -> None:  # both pooled, then both dropped
-            async with db.transaction() as first, db.transaction() as second:
-                await first.execute(text("SELECT 1"))
-                await second.execute(text("SELECT 1"))
-
-        await two_connections()
+        async with db.transaction() as first, db.transaction() as second:  # two connections pooled, then dropped
+            await first.execute(text("SELECT 1"))
+            await second.execute(text("SELECT 1"))
         assert await _drop_connections_of(postgresql_url) >= 2
         with pytest.raises(DBAPIError) as failed:
             await db.write(lambda session: session.scalar(text("SELECT 1")))
